@@ -1,0 +1,5 @@
+//! evlounge: EV lounge daemon. Data flows ingest → domain → outputs → http.
+
+pub mod domain;
+pub mod outputs;
+pub mod util;
