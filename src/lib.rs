@@ -3,3 +3,5 @@
 pub mod domain;
 pub mod outputs;
 pub mod util;
+pub mod config;
+pub mod ingest;
