@@ -5,3 +5,7 @@ pub mod outputs;
 pub mod util;
 pub mod config;
 pub mod ingest;
+pub mod store;
+pub mod app;
+pub mod http;
+pub mod cli;

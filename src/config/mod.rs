@@ -52,8 +52,11 @@ pub struct Config {
 #[derive(Clone, Debug, Serialize)]
 pub struct MqttConfig {
     pub url: String,
+    #[serde(skip)]
     pub host: String,
+    #[serde(skip)]
     pub port: u16,
+    #[serde(skip)]
     pub tls: bool,
     pub prefix: String,
     /// `None`: derived at start from the hostname and a suffix kept in `data_dir`.

@@ -1,1 +1,4 @@
+//! Outputs, each owning its resource: MQTT out, time series, notifications.
+
+pub mod mqtt_out;
 pub mod timeseries;

@@ -1,0 +1,178 @@
+//! Wiring: `run(config, shutdown)` spawns every task in one place and shuts down in order:
+//! stop intake → drain the commit thread (final commit) → flush MQTT out → say goodbye to
+//! the broker → flush time series → let notifications finish the attempt in flight → exit.
+
+pub mod live;
+pub mod processor;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::http::{self, AppState, Readiness};
+use crate::ingest::mqtt;
+use crate::outputs::mqtt_out::MqttOut;
+use live::Live;
+use processor::Processor;
+
+/// What a running daemon tells its caller (tests, demo) once it serves.
+#[derive(Clone, Debug)]
+pub struct Started {
+    pub http: SocketAddr,
+}
+
+/// `evlounge-<hostname>-<suffix kept in data_dir>`.
+pub fn client_id(data_dir: &Path) -> anyhow::Result<String> {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .unwrap_or_else(|_| "host".into());
+    let host: String = host
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(32)
+        .collect();
+    let f = data_dir.join("client_id_suffix");
+    let suffix = match std::fs::read_to_string(&f) {
+        Ok(s) if !s.trim().is_empty() => s.trim().to_string(),
+        _ => {
+            let s = format!("{:08x}", rand::random::<u32>());
+            std::fs::write(&f, &s).with_context(|| format!("writing {}", f.display()))?;
+            s
+        }
+    };
+    Ok(format!("evlounge-{host}-{suffix}"))
+}
+
+/// Runs the daemon until `shutdown` resolves, then drains and returns.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    run_with(cfg, shutdown, |_| {}).await
+}
+
+/// Like [`run`], calling `on_started` once HTTP is bound.
+pub async fn run_with(
+    cfg: Config,
+    shutdown: impl Future<Output = ()>,
+    on_started: impl FnOnce(Started),
+) -> anyhow::Result<()> {
+    let cfg = Arc::new(cfg);
+    let metrics = http::metrics::handle();
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("data_dir {}", cfg.data_dir.display()))?;
+    let client_id = match &cfg.mqtt.client_id {
+        Some(id) => id.clone(),
+        None => client_id(&cfg.data_dir)?,
+    };
+    let conn = crate::store::open(&cfg.data_dir).context("opening the store")?;
+    let live = Arc::new(Live::new());
+
+    let sources: Vec<crate::ingest::Source> = Vec::new();
+    let filters: Vec<String> = sources.iter().map(|s| s.filter()).collect();
+    let ingest = mqtt::connect(&cfg.mqtt, &client_id, &filters)?;
+    let handle = ingest.handle.clone();
+
+    let (in_tx, in_rx) = flume::bounded::<mqtt::Inbound>(8192);
+    let (out_tx, out_rx) = flume::bounded(16_384);
+
+    let processor = Processor::new(cfg.clone(), conn, live.clone(), sources)
+        .context("loading state")?
+        .with_mqtt(handle.clone(), out_tx);
+    let commit = std::thread::Builder::new()
+        .name("commit".into())
+        .spawn(move || processor.run(in_rx))
+        .context("spawning the commit thread")?;
+
+    // Ingest: intake stops on `stop_intake`; the event loop keeps polling (so MQTT out can
+    // flush) until `finish`, then says goodbye.
+    let (stop_intake_tx, stop_intake_rx) = watch::channel(false);
+    let (finish_tx, finish_rx) = watch::channel(false);
+    let prefix = cfg.mqtt.prefix.clone();
+    let ingest_task = tokio::spawn(run_ingest(ingest, in_tx, stop_intake_rx, finish_rx, prefix));
+
+    let (out_stop_tx, out_stop_rx) = watch::channel(false);
+    let mqtt_out = MqttOut {
+        handle: handle.clone(),
+        rx: out_rx,
+        data_dir: cfg.data_dir.clone(),
+        prefix: cfg.mqtt.prefix.clone(),
+        state_min_interval: cfg.mqtt.state_min_interval,
+    };
+    let out_task = tokio::spawn(mqtt_out.run(out_stop_rx));
+
+    let (_tsdb_tx, tsdb_rx) = watch::channel("off");
+    let state = AppState {
+        cfg: cfg.clone(),
+        live: live.clone(),
+        data_dir: cfg.data_dir.clone(),
+        ready: Readiness {
+            mqtt: handle.connected_rx.clone(),
+            tsdb: tsdb_rx,
+        },
+        metrics,
+    };
+    let (listener, addr) = http::bind(cfg.http.listen)
+        .await
+        .with_context(|| format!("http.listen {}", cfg.http.listen))?;
+    println!("evlounge: listening on http://{addr}");
+    tracing::info!(%addr, "http listening");
+    on_started(Started { http: addr });
+    let (http_stop_tx, mut http_stop_rx) = watch::channel(false);
+    let app = http::router(state);
+    let http_task = tokio::spawn(async move {
+        let r = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_stop_rx.changed().await;
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "http server failed");
+        }
+    });
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_intake_tx.send(true);
+    // The commit thread ends once the intake channel is closed and drained.
+    let joined = tokio::task::spawn_blocking(move || commit.join()).await;
+    if !matches!(joined, Ok(Ok(()))) {
+        tracing::error!("commit thread ended abnormally");
+    }
+    let _ = out_stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), out_task).await;
+    let _ = finish_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), ingest_task).await;
+    let _ = http_stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), http_task).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn run_ingest(
+    ingest: mqtt::Ingest,
+    in_tx: flume::Sender<mqtt::Inbound>,
+    stop_intake: watch::Receiver<bool>,
+    mut finish: watch::Receiver<bool>,
+    prefix: String,
+) {
+    let client = ingest.handle.client.clone();
+    let mut eventloop = ingest.run(in_tx, stop_intake).await;
+    // Intake is closed (the channel sender is dropped); keep the connection serviced so the
+    // publisher can flush, dropping inbound messages unacked (the broker redelivers them).
+    loop {
+        tokio::select! {
+            _ = finish.changed() => break,
+            ev = eventloop.poll() => {
+                if ev.is_err() {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+    mqtt::goodbye(&client, &mut eventloop, &prefix).await;
+}

@@ -1,0 +1,725 @@
+//! The commit thread: decodes inbound messages, steps the pure state machines, commits the
+//! effects of a batch in one SQLite transaction (sessions, events, resumable state,
+//! notification outbox), appends the batch's points to the time-series spool, and only
+//! then acks the batch's MQTT messages, in arrival order. It is a plain thread: the
+//! decider is synchronous by design and SQLite is blocking.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+
+use crate::app::live::{charger_json, zone_json, Live};
+use crate::config::Config;
+use crate::domain::charger::{ChargerInput, ChargerMachine, Effect};
+use crate::domain::event::Event;
+use crate::domain::input::{ChargerKey, Input, ZoneKey};
+use crate::domain::lounge::ZoneMachine;
+use crate::domain::session::SessionRecord;
+use crate::domain::thresholds::{ChargerMeta, ZoneMeta};
+use crate::ingest::decode::{self, DecodeError, Route};
+use crate::ingest::mqtt::{Inbound, MqttHandle};
+use crate::outputs::timeseries::Point;
+use crate::store::{self, StoreError};
+
+/// Where the batch's time-series points go before the batch is acked (the disk spool).
+pub trait PointSink: Send {
+    fn append(&mut self, points: &[Point]) -> std::io::Result<()>;
+    fn sync(&mut self) -> std::io::Result<()>;
+}
+
+/// Called inside the commit transaction (the notification outbox).
+pub trait CommitHook: Send {
+    /// A new event (first time its `event_id` is recorded).
+    fn on_event(
+        &mut self,
+        tx: &rusqlite::Transaction<'_>,
+        event: &Event,
+        session_key: Option<&str>,
+        now_ms: i64,
+    ) -> rusqlite::Result<()>;
+    /// A session record changed; `opened` on its first upsert, `closed` once it has ended.
+    fn on_session(
+        &mut self,
+        tx: &rusqlite::Transaction<'_>,
+        s: &SessionRecord,
+        opened: bool,
+        now_ms: i64,
+    ) -> rusqlite::Result<()>;
+    /// A front-desk link received over MQTT.
+    fn on_frontdesk(&mut self, tx: &rusqlite::Transaction<'_>, site: &str, payload: &[u8], now_ms: i64);
+}
+
+/// Messages for the MQTT publisher task.
+#[derive(Debug)]
+pub enum OutMsg {
+    /// A committed event: publish QoS 1, then mark published in the store.
+    Event { seq: i64, topic: String, payload: String },
+    /// Retained live state (coalesced and rate-limited by the publisher).
+    State { topic: String, payload: String },
+    /// Dead-letter copy of a rejected message.
+    DeadLetter { topic: String, payload: Vec<u8> },
+}
+
+struct ChargerSlot {
+    meta: ChargerMeta,
+    machine: ChargerMachine,
+    /// Wall clock (ms) when the last message for this charger was applied.
+    last_wall_ms: i64,
+}
+
+struct ZoneSlot {
+    meta: ZoneMeta,
+    machine: ZoneMachine,
+}
+
+pub struct Processor {
+    cfg: Arc<Config>,
+    conn: Connection,
+    chargers: HashMap<ChargerKey, ChargerSlot>,
+    zones: HashMap<ZoneKey, ZoneSlot>,
+    sink: Option<Box<dyn PointSink>>,
+    hook: Option<Box<dyn CommitHook>>,
+    adapters: Vec<crate::ingest::Source>,
+    live: Arc<Live>,
+    mqtt: Option<MqttHandle>,
+    out: Option<flume::Sender<OutMsg>>,
+    last_log: HashMap<&'static str, Instant>,
+    suppressed: HashMap<&'static str, u64>,
+    last_tick: Instant,
+}
+
+/// What one batch produced before commit.
+#[derive(Default)]
+struct Pending {
+    sessions: BTreeMap<String, (SessionRecord, bool)>,
+    events: Vec<(Event, Option<String>)>,
+    points: Vec<Point>,
+    dirty_chargers: Vec<ChargerKey>,
+    dirty_zones: Vec<ZoneKey>,
+    frontdesk: Vec<(String, Vec<u8>)>,
+}
+
+pub const BATCH_MAX: usize = 2048;
+pub const TICK: Duration = Duration::from_millis(500);
+
+impl Processor {
+    pub fn new(
+        cfg: Arc<Config>,
+        conn: Connection,
+        live: Arc<Live>,
+        adapters: Vec<crate::ingest::Source>,
+    ) -> Result<Self, StoreError> {
+        let mut p = Processor {
+            cfg,
+            conn,
+            chargers: HashMap::new(),
+            zones: HashMap::new(),
+            sink: None,
+            hook: None,
+            adapters,
+            live,
+            mqtt: None,
+            out: None,
+            last_log: HashMap::new(),
+            suppressed: HashMap::new(),
+            last_tick: Instant::now(),
+        };
+        p.register_configured();
+        p.resume()?;
+        Ok(p)
+    }
+
+    pub fn with_sink(mut self, sink: Box<dyn PointSink>) -> Self {
+        self.sink = Some(sink);
+        self
+    }
+
+    pub fn with_hook(mut self, hook: Box<dyn CommitHook>) -> Self {
+        self.hook = Some(hook);
+        self
+    }
+
+    pub fn with_mqtt(mut self, mqtt: MqttHandle, out: flume::Sender<OutMsg>) -> Self {
+        self.mqtt = Some(mqtt);
+        self.out = Some(out);
+        self
+    }
+
+    fn register_configured(&mut self) {
+        let now = crate::util::time::now_ms();
+        for site in &self.cfg.sites {
+            for c in &site.chargers {
+                let key = ChargerKey {
+                    site: c.site.clone(),
+                    charger: c.charger.clone(),
+                };
+                self.chargers.insert(
+                    key,
+                    ChargerSlot {
+                        machine: ChargerMachine::new(c),
+                        meta: c.clone(),
+                        last_wall_ms: now,
+                    },
+                );
+            }
+            for z in &site.zones {
+                let key = ZoneKey {
+                    site: z.site.clone(),
+                    zone: z.zone.clone(),
+                };
+                self.zones.insert(
+                    key,
+                    ZoneSlot {
+                        machine: ZoneMachine::new(z),
+                        meta: z.clone(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Resumes every saved machine (open sessions included) from the store.
+    fn resume(&mut self) -> Result<(), StoreError> {
+        let now = crate::util::time::now_ms();
+        let mut resumed = 0usize;
+        for (site, charger, json) in store::load_charger_states(&self.conn)? {
+            let key = ChargerKey { site, charger };
+            let meta = self.charger_meta(&key);
+            match serde_json::from_str::<ChargerMachine>(&json) {
+                Ok(machine) => {
+                    self.chargers.insert(
+                        key,
+                        ChargerSlot {
+                            meta,
+                            machine,
+                            last_wall_ms: now,
+                        },
+                    );
+                    resumed += 1;
+                }
+                Err(e) => tracing::warn!(site = %key.site, charger = %key.charger, error = %e, "saved charger state unreadable; starting fresh"),
+            }
+        }
+        for (site, zone, json) in store::load_zone_states(&self.conn)? {
+            let key = ZoneKey { site, zone };
+            let meta = self.zone_meta(&key);
+            match serde_json::from_str::<ZoneMachine>(&json) {
+                Ok(machine) => {
+                    self.zones.insert(key, ZoneSlot { meta, machine });
+                }
+                Err(e) => tracing::warn!(site = %key.site, zone = %key.zone, error = %e, "saved zone state unreadable; starting fresh"),
+            }
+        }
+        if resumed > 0 {
+            tracing::info!(chargers = resumed, "resumed charger state from the store");
+        }
+        let chargers = self.chargers.values().map(|s| s.machine.live(&s.meta)).collect();
+        let zones = self.zones.values().map(|s| s.machine.live(&s.meta)).collect();
+        self.live.update(chargers, zones);
+        Ok(())
+    }
+
+    fn charger_meta(&self, key: &ChargerKey) -> ChargerMeta {
+        self.cfg
+            .site(&key.site)
+            .and_then(|s| s.chargers.iter().find(|c| c.charger == key.charger))
+            .cloned()
+            .unwrap_or_else(|| {
+                ChargerMeta::auto(&key.site, &key.charger, self.cfg.site_thresholds(&key.site).clone())
+            })
+    }
+
+    fn zone_meta(&self, key: &ZoneKey) -> ZoneMeta {
+        self.cfg
+            .site(&key.site)
+            .and_then(|s| s.zones.iter().find(|z| z.zone == key.zone))
+            .cloned()
+            .unwrap_or_else(|| ZoneMeta {
+                site: key.site.clone(),
+                zone: key.zone.clone(),
+                name: key.zone.clone(),
+                capacity: None,
+                thresholds: self.cfg.site_thresholds(&key.site).clone(),
+            })
+    }
+
+    /// Runs until the inbound channel is closed and drained.
+    pub fn run(mut self, rx: flume::Receiver<Inbound>) {
+        let mut batch: Vec<Inbound> = Vec::with_capacity(BATCH_MAX);
+        loop {
+            match rx.recv_timeout(TICK) {
+                Ok(m) => {
+                    batch.push(m);
+                    while batch.len() < BATCH_MAX {
+                        match rx.try_recv() {
+                            Ok(m) => batch.push(m),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(flume::RecvTimeoutError::Timeout) => {}
+                Err(flume::RecvTimeoutError::Disconnected) => {
+                    if batch.is_empty() {
+                        break;
+                    }
+                }
+            }
+            let tick_due = self.last_tick.elapsed() >= TICK;
+            if batch.is_empty() && !tick_due {
+                continue;
+            }
+            let started = Instant::now();
+            if let Err(e) = self.process(&mut batch, tick_due) {
+                // The batch is not acked: the broker redelivers it after a reconnect
+                // and the machines (restored from the store) decide it again.
+                tracing::error!(error = %e, "commit failed; batch left unacked");
+                metrics::counter!("evlounge_commit_failures_total").increment(1);
+                if let Err(e) = self.reload() {
+                    tracing::error!(error = %e, "reloading state after a failed commit failed");
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            metrics::histogram!("evlounge_batch_seconds").record(started.elapsed().as_secs_f64());
+            batch.clear();
+        }
+        tracing::info!("commit thread drained");
+    }
+
+    /// After a failed commit the in-memory machines are ahead of the store: reload them.
+    fn reload(&mut self) -> Result<(), StoreError> {
+        self.chargers.clear();
+        self.zones.clear();
+        self.register_configured();
+        self.resume()
+    }
+
+    fn process(&mut self, batch: &mut [Inbound], tick: bool) -> Result<(), StoreError> {
+        let now_wall = crate::util::time::now_ms();
+        let mut pending = Pending::default();
+        for m in batch.iter() {
+            self.handle(m, &mut pending);
+        }
+        if tick {
+            self.last_tick = Instant::now();
+            self.tick(now_wall, &mut pending);
+        }
+        self.commit(&mut pending, now_wall)?;
+        if let Some(mqtt) = &self.mqtt {
+            for m in batch.iter() {
+                if let Some(ack) = &m.ack {
+                    mqtt.ack(ack);
+                }
+            }
+        }
+        for m in batch.iter() {
+            let latency = (crate::util::time::now_ms() - m.recv_ms).max(0) as f64 / 1000.0;
+            metrics::histogram!("evlounge_processing_latency_seconds").record(latency);
+        }
+        Ok(())
+    }
+
+    fn reject(&mut self, m: &Inbound, adapter: &'static str, e: &DecodeError) {
+        let reason = e.reason();
+        metrics::counter!("evlounge_decode_errors_total", "reason" => reason, "adapter" => adapter)
+            .increment(1);
+        let now = Instant::now();
+        let due = self
+            .last_log
+            .get(reason)
+            .is_none_or(|t| now.duration_since(*t) >= Duration::from_secs(10));
+        if due {
+            let suppressed = self.suppressed.remove(reason).unwrap_or(0);
+            // The topic is logged, never the payload (it may carry personal data).
+            tracing::warn!(reason, adapter, topic = %m.topic, error = %truncate(&e.to_string(), 200), suppressed, "message rejected");
+            self.last_log.insert(reason, now);
+        } else {
+            *self.suppressed.entry(reason).or_default() += 1;
+        }
+        if let (Some(dl), Some(out)) = (&self.cfg.mqtt.dead_letter_topic, &self.out) {
+            let _ = out.try_send(OutMsg::DeadLetter {
+                topic: format!("{dl}/{reason}"),
+                payload: m.payload.to_vec(),
+            });
+        }
+    }
+
+    fn handle(&mut self, m: &Inbound, p: &mut Pending) {
+        if m.payload.len() > self.cfg.mqtt.max_payload_bytes {
+            self.reject(m, "evlounge", &DecodeError::Oversized(m.payload.len()));
+            return;
+        }
+        let prefix = self.cfg.mqtt.prefix.clone();
+        let inputs: Vec<Input> = match decode::route(&prefix, &m.topic) {
+            Some(Route::Telemetry { site, charger }) => {
+                metrics::counter!("evlounge_mqtt_messages_total", "kind" => "telemetry").increment(1);
+                match decode::telemetry(&m.payload, m.recv_ms) {
+                    Ok(d) => {
+                        if d.clock_skew {
+                            metrics::counter!("evlounge_clock_skew_total").increment(1);
+                        }
+                        vec![Input::Telemetry {
+                            key: ChargerKey {
+                                site: site.to_string(),
+                                charger: charger.to_string(),
+                            },
+                            t: d.value,
+                        }]
+                    }
+                    Err(e) => {
+                        self.reject(m, "evlounge", &e);
+                        return;
+                    }
+                }
+            }
+            Some(Route::Availability { site, charger }) => {
+                metrics::counter!("evlounge_mqtt_messages_total", "kind" => "availability").increment(1);
+                match decode::availability(&m.payload) {
+                    Ok(online) => vec![Input::Availability {
+                        key: ChargerKey {
+                            site: site.to_string(),
+                            charger: charger.to_string(),
+                        },
+                        online,
+                        ts: m.recv_ms,
+                    }],
+                    Err(e) => {
+                        self.reject(m, "evlounge", &e);
+                        return;
+                    }
+                }
+            }
+            Some(Route::Lounge { site, zone, sensor }) => {
+                metrics::counter!("evlounge_mqtt_messages_total", "kind" => "lounge").increment(1);
+                match decode::lounge(&m.payload, m.recv_ms) {
+                    Ok(d) => {
+                        if d.clock_skew {
+                            metrics::counter!("evlounge_clock_skew_total").increment(1);
+                        }
+                        vec![Input::Lounge {
+                            key: ZoneKey {
+                                site: site.to_string(),
+                                zone: zone.to_string(),
+                            },
+                            sensor: sensor.to_string(),
+                            r: d.value,
+                        }]
+                    }
+                    Err(e) => {
+                        self.reject(m, "evlounge", &e);
+                        return;
+                    }
+                }
+            }
+            Some(Route::FrontdeskLink { site }) => {
+                metrics::counter!("evlounge_mqtt_messages_total", "kind" => "frontdesk").increment(1);
+                p.frontdesk.push((site.to_string(), m.payload.to_vec()));
+                return;
+            }
+            None => match self.decode_adapters(m) {
+                Some(Ok(inputs)) => inputs,
+                Some(Err((name, e))) => {
+                    self.reject(m, name, &e);
+                    return;
+                }
+                None => {
+                    self.reject(m, "evlounge", &DecodeError::UnknownTopic);
+                    return;
+                }
+            },
+        };
+        for input in inputs {
+            self.apply(input, m.recv_ms, p);
+        }
+    }
+
+    fn decode_adapters(&mut self, m: &Inbound) -> Option<Result<Vec<Input>, (&'static str, DecodeError)>> {
+        for src in self.adapters.iter_mut() {
+            if let Some(r) = src.decode(&m.topic, &m.payload, m.recv_ms) {
+                let name = src.name();
+                metrics::counter!("evlounge_mqtt_messages_total", "kind" => name).increment(1);
+                return Some(r.map_err(|e| (name, e)));
+            }
+        }
+        None
+    }
+
+    fn charger_slot(&mut self, key: &ChargerKey, now_wall: i64) -> &mut ChargerSlot {
+        if !self.chargers.contains_key(key) {
+            let meta = self.charger_meta(key);
+            tracing::info!(site = %key.site, charger = %key.charger, "unknown charger seen; auto-registered");
+            metrics::counter!("evlounge_auto_registered_total", "kind" => "charger").increment(1);
+            self.chargers.insert(
+                key.clone(),
+                ChargerSlot {
+                    machine: ChargerMachine::new(&meta),
+                    meta,
+                    last_wall_ms: now_wall,
+                },
+            );
+        }
+        // Just inserted above when missing.
+        self.chargers.get_mut(key).expect("charger slot present")
+    }
+
+    fn apply(&mut self, input: Input, recv_ms: i64, p: &mut Pending) {
+        match input {
+            Input::Telemetry { key, t } => {
+                let slot = self.charger_slot(&key, recv_ms);
+                let before = open_session(slot);
+                let step = slot.machine.step(&slot.meta, ChargerInput::Telemetry(&t));
+                if !step.applied {
+                    metrics::counter!("evlounge_ignored_total", "reason" => "out_of_order").increment(1);
+                    return;
+                }
+                slot.last_wall_ms = recv_ms;
+                let status = t.status.map(|s| s.as_str()).unwrap_or("unknown");
+                p.points.push(
+                    Point::new("charger", t.ts)
+                        .tag("site", key.site.clone())
+                        .tag("charger", key.charger.clone())
+                        .tag("status", status)
+                        .field("power_kw", t.power_kw)
+                        .field("meter_kwh", t.meter_kwh)
+                        .field("session_kwh", t.session_kwh)
+                        .field("soc_pct", t.soc_pct)
+                        .field("voltage_v", t.voltage_v)
+                        .field("current_a", t.current_a)
+                        .field("temperature_c", t.temperature_c),
+                );
+                let after = open_session(slot);
+                collect(step.effects, &[before, after], p);
+                p.dirty_chargers.push(key);
+            }
+            Input::Availability { key, online, ts } => {
+                let slot = self.charger_slot(&key, recv_ms);
+                let before = open_session(slot);
+                let step = slot
+                    .machine
+                    .step(&slot.meta, ChargerInput::Availability { online, ts });
+                if !step.applied {
+                    return;
+                }
+                slot.last_wall_ms = recv_ms;
+                collect(step.effects, &[before], p);
+                p.dirty_chargers.push(key);
+            }
+            Input::Lounge { key, sensor, r } => {
+                if !self.zones.contains_key(&key) {
+                    let meta = self.zone_meta(&key);
+                    tracing::info!(site = %key.site, zone = %key.zone, "unknown lounge zone seen; auto-registered");
+                    metrics::counter!("evlounge_auto_registered_total", "kind" => "zone").increment(1);
+                    self.zones.insert(
+                        key.clone(),
+                        ZoneSlot {
+                            machine: ZoneMachine::new(&meta),
+                            meta,
+                        },
+                    );
+                }
+                let Some(slot) = self.zones.get_mut(&key) else {
+                    return;
+                };
+                let step = slot.machine.step(&slot.meta, &sensor, &r);
+                if !step.applied {
+                    metrics::counter!("evlounge_ignored_total", "reason" => "out_of_order").increment(1);
+                    return;
+                }
+                let live = slot.machine.live(&slot.meta);
+                let cap = live.capacity.map(f64::from);
+                let occ = f64::from(live.occupancy);
+                p.points.push(
+                    Point::new("lounge", r.ts)
+                        .tag("site", key.site.clone())
+                        .tag("zone", key.zone.clone())
+                        .field("occupancy", Some(occ))
+                        .field("capacity", cap)
+                        .field("occupancy_ratio", cap.filter(|c| *c > 0.0).map(|c| occ / c))
+                        .field("co2_ppm", r.co2_ppm)
+                        .field("temperature_c", r.temperature_c)
+                        .field("humidity_pct", r.humidity_pct),
+                );
+                for e in step.events {
+                    p.events.push((e, None));
+                }
+                p.dirty_zones.push(key);
+            }
+        }
+    }
+
+    /// Advances every charger's clock by the wall time since its last message.
+    fn tick(&mut self, now_wall: i64, p: &mut Pending) {
+        for (key, slot) in self.chargers.iter_mut() {
+            let Some(last_ts) = slot.machine.last_ts() else {
+                continue;
+            };
+            let now = last_ts + (now_wall - slot.last_wall_ms).max(0);
+            let before = open_session(slot);
+            let step = slot.machine.step(&slot.meta, ChargerInput::Tick { now });
+            if !step.effects.is_empty() {
+                collect(step.effects, &[before], p);
+                p.dirty_chargers.push(key.clone());
+            }
+        }
+    }
+
+    fn commit(&mut self, p: &mut Pending, now_wall: i64) -> Result<(), StoreError> {
+        p.dirty_chargers.sort();
+        p.dirty_chargers.dedup();
+        p.dirty_zones.sort();
+        p.dirty_zones.dedup();
+        if p.sessions.is_empty()
+            && p.events.is_empty()
+            && p.dirty_chargers.is_empty()
+            && p.dirty_zones.is_empty()
+            && p.frontdesk.is_empty()
+            && p.points.is_empty()
+        {
+            return Ok(());
+        }
+        let mut new_events: Vec<(i64, &Event)> = Vec::new();
+        let tx = self.conn.transaction()?;
+        for (s, opened) in p.sessions.values() {
+            store::upsert_session(&tx, s)?;
+            if let Some(h) = self.hook.as_mut() {
+                h.on_session(&tx, s, *opened, now_wall)?;
+            }
+            if s.ended.is_some() {
+                p.points.push(session_point(s));
+            }
+        }
+        for (e, session_key) in &p.events {
+            if let Some(seq) = store::insert_event(&tx, e, session_key.as_deref())? {
+                if let Some(h) = self.hook.as_mut() {
+                    h.on_event(&tx, e, session_key.as_deref(), now_wall)?;
+                }
+                new_events.push((seq, e));
+            } else {
+                metrics::counter!("evlounge_events_duplicate_total").increment(1);
+            }
+        }
+        for key in &p.dirty_chargers {
+            if let Some(slot) = self.chargers.get(key) {
+                let json = serde_json::to_string(&slot.machine)?;
+                store::save_charger_state(&tx, &key.site, &key.charger, &json)?;
+            }
+        }
+        for key in &p.dirty_zones {
+            if let Some(slot) = self.zones.get(key) {
+                let json = serde_json::to_string(&slot.machine)?;
+                store::save_zone_state(&tx, &key.site, &key.zone, &json)?;
+            }
+        }
+        if let Some(h) = self.hook.as_mut() {
+            for (site, payload) in &p.frontdesk {
+                h.on_frontdesk(&tx, site, payload, now_wall);
+            }
+        }
+        tx.commit()?;
+
+        if let Some(sink) = self.sink.as_mut() {
+            if !p.points.is_empty() {
+                sink.append(&p.points)?;
+                sink.sync()?;
+            }
+        }
+
+        // Everything below reads what was committed.
+        let prefix = &self.cfg.mqtt.prefix;
+        for (seq, e) in &new_events {
+            metrics::counter!("evlounge_events_total", "kind" => e.kind.as_str()).increment(1);
+            let payload = e.to_json().to_string();
+            tracing::info!(kind = e.kind.as_str(), event_id = %e.event_id, site = %e.site, subject = %e.charger.as_deref().or(e.zone.as_deref()).unwrap_or(""), "event");
+            self.live.publish_event(*seq, e.kind.as_str(), payload.clone());
+            if let Some(out) = &self.out {
+                // When the publisher is behind, the event stays unpublished in the store
+                // and its sweep picks it up.
+                let _ = out.try_send(OutMsg::Event {
+                    seq: *seq,
+                    topic: format!("{prefix}/{}/events/{}", e.site, e.kind.as_str()),
+                    payload,
+                });
+            }
+        }
+        let mut chargers = Vec::new();
+        for key in &p.dirty_chargers {
+            if let Some(slot) = self.chargers.get(key) {
+                let live = slot.machine.live(&slot.meta);
+                if let Some(out) = &self.out {
+                    let _ = out.try_send(OutMsg::State {
+                        topic: format!("{prefix}/{}/state/charger/{}", key.site, key.charger),
+                        payload: charger_json(&live).to_string(),
+                    });
+                }
+                chargers.push(live);
+            }
+        }
+        let mut zones = Vec::new();
+        for key in &p.dirty_zones {
+            if let Some(slot) = self.zones.get(key) {
+                let live = slot.machine.live(&slot.meta);
+                if let Some(out) = &self.out {
+                    let _ = out.try_send(OutMsg::State {
+                        topic: format!("{prefix}/{}/state/lounge/{}", key.site, key.zone),
+                        payload: zone_json(&live).to_string(),
+                    });
+                }
+                zones.push(live);
+            }
+        }
+        self.live.update(chargers, zones);
+        Ok(())
+    }
+}
+
+/// The open session's (session_id, session_key), to tie events to their session.
+fn open_session(slot: &ChargerSlot) -> Option<(String, String)> {
+    slot.machine
+        .live(&slot.meta)
+        .session
+        .map(|s| (s.session_id, s.session_key))
+}
+
+fn collect(effects: Vec<Effect>, known: &[Option<(String, String)>], p: &mut Pending) {
+    let mut keys: Vec<(String, String)> = known.iter().flatten().cloned().collect();
+    for eff in &effects {
+        if let Effect::Session(s) = eff {
+            keys.push((s.session_id.clone(), s.session_key.clone()));
+        }
+    }
+    for eff in effects {
+        match eff {
+            Effect::Event(e) => {
+                let key = e.session_id.as_ref().and_then(|id| {
+                    keys.iter().find(|(sid, _)| sid == id).map(|(_, k)| k.clone())
+                });
+                p.events.push((e, key));
+            }
+            Effect::Session(s) => {
+                let opened = !p.sessions.contains_key(&s.session_key) && s.charging_started.is_none() && s.ended.is_none();
+                let entry = p.sessions.entry(s.session_key.clone()).or_insert((s.clone(), opened));
+                entry.0 = s;
+            }
+        }
+    }
+}
+
+fn session_point(s: &SessionRecord) -> Point {
+    Point::new("charging_session", s.started)
+        .tag("site", s.site.clone())
+        .tag("charger", s.charger.clone())
+        .tag("outcome", s.outcome.map(|o| o.as_str()).unwrap_or("open"))
+        .field("duration_s", s.duration_s())
+        .field("time_to_complete_s", s.time_to_complete_s)
+        .field("idle_s", s.idle_s)
+        .field("energy_kwh", Some(s.energy_kwh))
+        .field("peak_kw", Some(s.peak_kw))
+        .field("avg_kw", s.avg_kw)
+        .field("soc_start", s.soc_start)
+        .field("soc_end", s.soc_end)
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
+}

@@ -1,0 +1,201 @@
+//! MQTT out: events (QoS 1, from the store's record, so an outage delays but never loses
+//! them), retained live state (coalesced, at most one per topic per interval), dead letters.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use rumqttc::QoS;
+use tokio::sync::watch;
+
+use crate::app::processor::OutMsg;
+use crate::ingest::mqtt::MqttHandle;
+use crate::store;
+
+pub struct MqttOut {
+    pub handle: MqttHandle,
+    pub rx: flume::Receiver<OutMsg>,
+    pub data_dir: PathBuf,
+    pub prefix: String,
+    pub state_min_interval: Duration,
+}
+
+struct StateSlot {
+    pending: Option<String>,
+    last_sent: Option<Instant>,
+}
+
+impl MqttOut {
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        // A mutex only so the future is Send; it is never held across an await.
+        let conn = match store::open_writer(&self.data_dir) {
+            Ok(c) => std::sync::Mutex::new(c),
+            Err(e) => {
+                tracing::error!(error = %e, "mqtt out: cannot open the store; events stay unpublished");
+                return;
+            }
+        };
+        let mut connected = self.handle.connected_rx.clone();
+        let mut published: BTreeSet<i64> = BTreeSet::new();
+        let mut states: HashMap<String, StateSlot> = HashMap::new();
+        let mut sweep = tokio::time::interval(Duration::from_secs(2));
+        let mut flush = tokio::time::interval(Duration::from_millis(100));
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.changed() => break,
+                m = self.rx.recv_async() => match m {
+                    Ok(m) => self.handle_msg(m, &conn, &mut published, &mut states).await,
+                    Err(_) => break,
+                },
+                _ = sweep.tick() => {
+                    if *connected.borrow_and_update() {
+                        self.sweep(&conn, &mut published).await;
+                    }
+                }
+                _ = flush.tick() => {
+                    if *connected.borrow_and_update() {
+                        self.flush_states(&mut states, false).await;
+                    }
+                }
+            }
+        }
+        // Shutdown: what the commit thread sent last, then everything still unpublished.
+        while let Ok(m) = self.rx.try_recv() {
+            self.handle_msg(m, &conn, &mut published, &mut states).await;
+        }
+        if self.handle.is_connected() {
+            self.sweep(&conn, &mut published).await;
+            self.flush_states(&mut states, true).await;
+        }
+    }
+
+    async fn handle_msg(
+        &self,
+        m: OutMsg,
+        conn: &std::sync::Mutex<rusqlite::Connection>,
+        published: &mut BTreeSet<i64>,
+        states: &mut HashMap<String, StateSlot>,
+    ) {
+        match m {
+            OutMsg::Event { seq, topic, payload } => {
+                if published.contains(&seq) || !self.handle.is_connected() {
+                    // Not connected: the sweep publishes it after the reconnect.
+                    return;
+                }
+                if self.publish(topic, payload.into_bytes(), false).await {
+                    self.mark(conn, &[seq], published);
+                }
+            }
+            OutMsg::State { topic, payload } => {
+                let slot = states.entry(topic).or_insert(StateSlot {
+                    pending: None,
+                    last_sent: None,
+                });
+                slot.pending = Some(payload);
+            }
+            OutMsg::DeadLetter { topic, payload } => {
+                if self.handle.is_connected() {
+                    let _ = self
+                        .handle
+                        .client
+                        .try_publish(topic, QoS::AtMostOnce, false, payload);
+                }
+            }
+        }
+    }
+
+    async fn publish(&self, topic: String, payload: Vec<u8>, retain: bool) -> bool {
+        match self
+            .handle
+            .client
+            .publish(topic, QoS::AtLeastOnce, retain, payload)
+            .await
+        {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "mqtt publish request failed");
+                false
+            }
+        }
+    }
+
+    fn mark(&self, conn: &std::sync::Mutex<rusqlite::Connection>, seqs: &[i64], published: &mut BTreeSet<i64>) {
+        let r = match conn.lock() {
+            Ok(c) => store::mark_published(&c, seqs),
+            Err(_) => return,
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "cannot mark events published; they may be published again");
+        }
+        published.extend(seqs.iter().copied());
+        while published.len() > 10_000 {
+            published.pop_first();
+        }
+    }
+
+    async fn sweep(&self, conn: &std::sync::Mutex<rusqlite::Connection>, published: &mut BTreeSet<i64>) {
+        loop {
+            let r = match conn.lock() {
+                Ok(c) => store::unpublished_events(&c, 500),
+                Err(_) => return,
+            };
+            let batch = match r {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read unpublished events");
+                    return;
+                }
+            };
+            if batch.is_empty() {
+                return;
+            }
+            let mut done = Vec::new();
+            for ev in &batch {
+                if published.contains(&ev.seq) {
+                    done.push(ev.seq);
+                    continue;
+                }
+                let topic = format!("{}/{}/events/{}", self.prefix, ev.site, ev.kind);
+                if !self.publish(topic, ev.payload.clone().into_bytes(), false).await {
+                    break;
+                }
+                done.push(ev.seq);
+            }
+            let full = done.len() == batch.len();
+            self.mark(conn, &done, published);
+            if !full || batch.len() < 500 {
+                return;
+            }
+        }
+    }
+
+    async fn flush_states(&self, states: &mut HashMap<String, StateSlot>, force: bool) {
+        let now = Instant::now();
+        for (topic, slot) in states.iter_mut() {
+            if slot.pending.is_none() {
+                continue;
+            }
+            let due = force
+                || slot
+                    .last_sent
+                    .is_none_or(|t| now.duration_since(t) >= self.state_min_interval);
+            if !due {
+                continue;
+            }
+            if let Some(payload) = slot.pending.take() {
+                if self
+                    .handle
+                    .client
+                    .try_publish(topic.clone(), QoS::AtLeastOnce, true, payload.clone())
+                    .is_err()
+                {
+                    slot.pending = Some(payload);
+                    return;
+                }
+                slot.last_sent = Some(now);
+            }
+        }
+    }
+}

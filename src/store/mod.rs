@@ -1,0 +1,328 @@
+//! The embedded store (SQLite, WAL): sessions, events, resumable machine state, and the
+//! tables of the notification outbox. One writer (the commit thread) plus readers.
+
+pub mod queries;
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+
+use crate::domain::event::Event;
+use crate::domain::session::SessionRecord;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("store: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("store: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The schema, in order. `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sessions (
+    session_key TEXT PRIMARY KEY,
+    site TEXT NOT NULL,
+    charger TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    id_tag TEXT,
+    vehicle TEXT,
+    started INTEGER NOT NULL,
+    charging_started INTEGER,
+    completed INTEGER,
+    ended INTEGER,
+    outcome TEXT,
+    energy_kwh REAL NOT NULL DEFAULT 0,
+    peak_kw REAL NOT NULL DEFAULT 0,
+    avg_kw REAL,
+    soc_start REAL,
+    soc_end REAL,
+    target_soc_pct REAL,
+    time_to_complete_s REAL,
+    idle_s REAL
+);
+CREATE INDEX IF NOT EXISTS sessions_by_charger ON sessions(site, charger, started);
+CREATE INDEX IF NOT EXISTS sessions_by_started ON sessions(started);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    site TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    session_key TEXT,
+    payload TEXT NOT NULL,
+    published INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS events_unpublished ON events(published, seq);
+CREATE TABLE IF NOT EXISTS charger_state (
+    site TEXT NOT NULL,
+    charger TEXT NOT NULL,
+    state TEXT NOT NULL,
+    PRIMARY KEY (site, charger)
+);
+CREATE TABLE IF NOT EXISTS zone_state (
+    site TEXT NOT NULL,
+    zone TEXT NOT NULL,
+    state TEXT NOT NULL,
+    PRIMARY KEY (site, zone)
+);
+"#];
+
+/// Extra migrations registered by other modules (the notification outbox), run after ours.
+fn extra_migrations() -> Vec<&'static str> {
+    Vec::new()
+}
+
+pub fn db_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("evlounge.db")
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: a committed (and so acked) batch survives power loss, not only a crash. Group
+    // commit keeps the fsyncs to one per batch.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    Ok(())
+}
+
+/// Opens (and migrates) the store for writing.
+pub fn open(data_dir: &Path) -> Result<Connection, StoreError> {
+    std::fs::create_dir_all(data_dir)?;
+    let mut conn = Connection::open(db_path(data_dir))?;
+    configure(&conn)?;
+    migrate(&mut conn)?;
+    Ok(conn)
+}
+
+/// A read-only connection for queries (HTTP).
+pub fn open_reader(data_dir: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        db_path(data_dir),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    Ok(conn)
+}
+
+/// A second read-write connection (outbox and publisher bookkeeping).
+pub fn open_writer(data_dir: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(db_path(data_dir))?;
+    configure(&conn)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let done: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let all: Vec<&str> = MIGRATIONS.iter().copied().chain(extra_migrations()).collect();
+    let tx = conn.transaction()?;
+    for (i, sql) in all.iter().enumerate() {
+        if (i as i64) < done {
+            continue;
+        }
+        tx.execute_batch(sql)?;
+    }
+    tx.pragma_update(None, "user_version", all.len() as i64)?;
+    tx.commit()?;
+    Ok(())
+}
+
+pub fn upsert_session(tx: &Transaction<'_>, s: &SessionRecord) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO sessions (session_key, site, charger, session_id, id_tag, vehicle, started,
+            charging_started, completed, ended, outcome, energy_kwh, peak_kw, avg_kw, soc_start,
+            soc_end, target_soc_pct, time_to_complete_s, idle_s)
+         VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19)
+         ON CONFLICT(session_key) DO UPDATE SET
+            id_tag=excluded.id_tag, vehicle=excluded.vehicle,
+            charging_started=excluded.charging_started, completed=excluded.completed,
+            ended=excluded.ended, outcome=excluded.outcome, energy_kwh=excluded.energy_kwh,
+            peak_kw=excluded.peak_kw, avg_kw=excluded.avg_kw, soc_start=excluded.soc_start,
+            soc_end=excluded.soc_end, target_soc_pct=excluded.target_soc_pct,
+            time_to_complete_s=excluded.time_to_complete_s, idle_s=excluded.idle_s",
+    )?
+    .execute(params![
+        s.session_key,
+        s.site,
+        s.charger,
+        s.session_id,
+        s.id_tag,
+        s.vehicle,
+        s.started,
+        s.charging_started,
+        s.completed,
+        s.ended,
+        s.outcome.map(|o| o.as_str()),
+        s.energy_kwh,
+        s.peak_kw,
+        s.avg_kw,
+        s.soc_start,
+        s.soc_end,
+        s.target_soc_pct,
+        s.time_to_complete_s,
+        s.idle_s,
+    ])?;
+    Ok(())
+}
+
+/// Records an event; `Some(seq)` when it is new, `None` when its `event_id` was already
+/// recorded (a redelivery or replay): the insert decides whether it is published.
+pub fn insert_event(
+    tx: &Transaction<'_>,
+    e: &Event,
+    session_key: Option<&str>,
+) -> Result<Option<i64>, StoreError> {
+    let subject = e.charger.as_deref().or(e.zone.as_deref()).unwrap_or("");
+    let payload = serde_json::to_string(&e.to_json())?;
+    let n = tx
+        .prepare_cached(
+            "INSERT INTO events (event_id, kind, ts, site, subject, session_key, payload)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(event_id) DO NOTHING",
+        )?
+        .execute(params![
+            e.event_id,
+            e.kind.as_str(),
+            e.ts,
+            e.site,
+            subject,
+            session_key,
+            payload
+        ])?;
+    if n == 0 {
+        return Ok(None);
+    }
+    Ok(Some(tx.last_insert_rowid()))
+}
+
+pub fn save_charger_state(
+    tx: &Transaction<'_>,
+    site: &str,
+    charger: &str,
+    state_json: &str,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO charger_state (site, charger, state) VALUES (?1, ?2, ?3)
+         ON CONFLICT(site, charger) DO UPDATE SET state = excluded.state",
+    )?
+    .execute(params![site, charger, state_json])?;
+    Ok(())
+}
+
+pub fn save_zone_state(
+    tx: &Transaction<'_>,
+    site: &str,
+    zone: &str,
+    state_json: &str,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO zone_state (site, zone, state) VALUES (?1, ?2, ?3)
+         ON CONFLICT(site, zone) DO UPDATE SET state = excluded.state",
+    )?
+    .execute(params![site, zone, state_json])?;
+    Ok(())
+}
+
+/// Every saved charger state: (site, charger, json).
+pub fn load_charger_states(conn: &Connection) -> rusqlite::Result<Vec<(String, String, String)>> {
+    let mut st = conn.prepare("SELECT site, charger, state FROM charger_state")?;
+    let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    rows.collect()
+}
+
+pub fn load_zone_states(conn: &Connection) -> rusqlite::Result<Vec<(String, String, String)>> {
+    let mut st = conn.prepare("SELECT site, zone, state FROM zone_state")?;
+    let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    rows.collect()
+}
+
+pub fn meta_get(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()
+}
+
+pub fn meta_set(conn: &Connection, key: &str, value: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        params![key, value],
+    )?;
+    Ok(())
+}
+
+/// An event as stored: its store sequence (SSE ids) and wire payload.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredEvent {
+    pub seq: i64,
+    pub event_id: String,
+    pub kind: String,
+    pub site: String,
+    pub payload: String,
+}
+
+pub fn unpublished_events(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<StoredEvent>> {
+    let mut st = conn.prepare_cached(
+        "SELECT seq, event_id, kind, site, payload FROM events WHERE published = 0 ORDER BY seq LIMIT ?1",
+    )?;
+    let rows = st.query_map([limit as i64], stored_event)?;
+    rows.collect()
+}
+
+pub fn events_after(conn: &Connection, seq: i64, limit: usize) -> rusqlite::Result<Vec<StoredEvent>> {
+    let mut st = conn.prepare_cached(
+        "SELECT seq, event_id, kind, site, payload FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+    )?;
+    let rows = st.query_map(params![seq, limit as i64], stored_event)?;
+    rows.collect()
+}
+
+fn stored_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
+    Ok(StoredEvent {
+        seq: r.get(0)?,
+        event_id: r.get(1)?,
+        kind: r.get(2)?,
+        site: r.get(3)?,
+        payload: r.get(4)?,
+    })
+}
+
+pub fn mark_published(conn: &Connection, seqs: &[i64]) -> rusqlite::Result<()> {
+    let tx = conn.unchecked_transaction()?;
+    {
+        let mut st = tx.prepare_cached("UPDATE events SET published = 1 WHERE seq = ?1")?;
+        for s in seqs {
+            st.execute([s])?;
+        }
+    }
+    tx.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::event::{event_id, EventKind};
+
+    #[test]
+    fn event_insert_is_idempotent_by_event_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open(dir.path()).unwrap();
+        let id = event_id("s", "c", "k", EventKind::ChargingComplete, 1);
+        let mut e = Event::new(EventKind::ChargingComplete, 1000, "s", id);
+        e.charger = Some("c".into());
+        let tx = conn.transaction().unwrap();
+        assert_eq!(insert_event(&tx, &e, Some("k")).unwrap(), Some(1));
+        assert_eq!(insert_event(&tx, &e, Some("k")).unwrap(), None);
+        tx.commit().unwrap();
+        assert_eq!(unpublished_events(&conn, 10).unwrap().len(), 1);
+        mark_published(&conn, &[1]).unwrap();
+        assert!(unpublished_events(&conn, 10).unwrap().is_empty());
+        assert_eq!(events_after(&conn, 0, 10).unwrap().len(), 1);
+        // reopening migrates nothing twice
+        drop(conn);
+        let conn = open(dir.path()).unwrap();
+        assert_eq!(events_after(&conn, 0, 10).unwrap()[0].event_id, e.event_id);
+    }
+}
