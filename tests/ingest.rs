@@ -1,0 +1,146 @@
+//! MQTT ingest against a real Mosquitto: connect and count, broker restarts, persistent
+//! sessions, and a flood of malformed input.
+
+mod harness;
+
+use std::time::Duration;
+
+use harness::{wait_for_async, Daemon, Mosquitto, MqttClient};
+
+fn config(broker: &Mosquitto) -> String {
+    format!("[mqtt]\nurl = \"{}\"\n", broker.url())
+}
+
+const TELEMETRY: &str = "evlounge/milano/charger/hpc-1/telemetry";
+
+async fn wait_metric(d: &Daemon, series: &str, at_least: f64, timeout: Duration) -> f64 {
+    wait_for_async(&format!("{series} >= {at_least}"), timeout, || async {
+        let v = d.metric(series);
+        (v >= at_least).then_some(v)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connects_subscribes_and_counts() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &config(&broker));
+    wait_for_async("mqtt up in /readyz", Duration::from_secs(10), || async {
+        d.get("/readyz").filter(|(c, b)| *c == 200 && b.contains("\"mqtt\":\"up\"")).map(|_| ())
+    })
+    .await;
+    let c = MqttClient::connect(broker.port, "t-pub", &[]).await;
+    c.publish(TELEMETRY, r#"{"status":"charging","power_kw":120.5}"#).await;
+    c.wait_acked().await;
+    let n = wait_metric(&d, "evlounge_mqtt_messages_total{kind=\"telemetry\"}", 1.0, Duration::from_secs(10)).await;
+    assert_eq!(n, 1.0);
+    assert_eq!(d.get("/healthz").map(|(c, _)| c), Some(200));
+    assert!(d.log().contains("mqtt connected"), "{}", d.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_broker_restart_and_gets_queued_messages() {
+    let mut broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start(dir.path(), &config(&broker));
+    let series = "evlounge_mqtt_messages_total{kind=\"telemetry\"}";
+    {
+        let c = MqttClient::connect(broker.port, "t-pub1", &[]).await;
+        c.publish(TELEMETRY, r#"{"status":"available"}"#).await;
+        c.wait_acked().await;
+        wait_metric(&d, series, 1.0, Duration::from_secs(10)).await;
+    }
+
+    // 1. The broker goes away while the daemon runs; it reconnects with backoff.
+    broker.restart();
+    wait_for_async("daemon reconnected", Duration::from_secs(40), || async {
+        d.get("/readyz").filter(|(c, _)| *c == 200).map(|_| ())
+    })
+    .await;
+    assert!(d.metric("evlounge_mqtt_reconnects_total") >= 1.0);
+    {
+        let c = MqttClient::connect(broker.port, "t-pub2", &[]).await;
+        c.publish(TELEMETRY, r#"{"status":"preparing"}"#).await;
+        c.wait_acked().await;
+        wait_metric(&d, series, 2.0, Duration::from_secs(10)).await;
+    }
+    let log = d.log();
+    assert_eq!(log.matches("mqtt connection lost").count(), 1, "one line per outage:\n{log}");
+
+    // 2. QoS 1 messages published while the daemon is away survive a broker restart
+    //    (persistent session + broker persistence) and are delivered when it is back.
+    assert_eq!(d.stop(), Some(0));
+    {
+        let c = MqttClient::connect(broker.port, "t-pub3", &[]).await;
+        for i in 0..20 {
+            c.publish(TELEMETRY, format!(r#"{{"status":"charging","power_kw":{}}}"#, 100 + i)).await;
+        }
+        c.wait_acked().await;
+    }
+    broker.restart();
+    d.spawn();
+    // The metric restarts at 0 with the new process: all 20 queued messages arrive.
+    let n = wait_metric(&d, series, 20.0, Duration::from_secs(20)).await;
+    assert_eq!(n, 20.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_flood_is_counted_and_skipped() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start(dir.path(), &config(&broker));
+    wait_for_async("ready", Duration::from_secs(10), || async {
+        d.get("/readyz").filter(|(c, _)| *c == 200).map(|_| ())
+    })
+    .await;
+    let c = MqttClient::connect(broker.port, "t-flood", &[]).await;
+    let bad: &[(&str, &str)] = &[
+        (TELEMETRY, "{not json"),
+        (TELEMETRY, r#"{"status":"charging","power_kw":"lots"}"#),
+        (TELEMETRY, r#"{"status":"charging","soc_pct":180}"#),
+        ("evlounge/bad site!/charger/x/telemetry", r#"{"status":"charging"}"#),
+        ("evlounge/milano/lounge/lounge/door-1", r#"{"occupancy":-3}"#),
+        ("evlounge/milano/charger/hpc-1/availability", "maybe"),
+    ];
+    for i in 0..10_000 {
+        let (t, p) = bad[i % bad.len()];
+        c.publish(t, p).await;
+    }
+    let big = format!(r#"{{"status":"charging","pad":"{}"}}"#, "x".repeat(1 << 20));
+    c.publish(TELEMETRY, big).await;
+    c.publish(TELEMETRY, r#"{"status":"charging","power_kw":50}"#).await;
+
+    let per = |r: &str| format!("evlounge_decode_errors_total{{reason=\"{r}\",adapter=\"evlounge\"}}");
+    wait_metric(&d, &per("oversized"), 1.0, Duration::from_secs(60)).await;
+    let total = wait_for_async("all 10,001 rejections counted", Duration::from_secs(60), || async {
+        let m = d.metrics();
+        let sum: f64 = ["invalid_json", "invalid_field", "out_of_range", "unknown_topic", "oversized"]
+            .iter()
+            .map(|r| harness::metric_value(&m, &per(r)))
+            .sum();
+        if sum < 10_001.0 {
+            eprintln!("so far: {sum}");
+        }
+        (sum >= 10_001.0).then_some(sum)
+    })
+    .await;
+    assert_eq!(total, 10_001.0);
+    let m = d.metrics();
+    assert_eq!(harness::metric_value(&m, &per("invalid_json")), 1667.0);
+    // 10,000 = 6 kinds x 1,666 + the first four kinds once more
+    assert_eq!(harness::metric_value(&m, &per("invalid_field")), 1667.0 + 1666.0);
+    assert_eq!(harness::metric_value(&m, &per("out_of_range")), 1667.0 + 1666.0);
+    assert_eq!(harness::metric_value(&m, &per("unknown_topic")), 1667.0);
+    // The good message after the flood is processed.
+    wait_for_async("good message processed", Duration::from_secs(10), || async {
+        d.get_json("/api/v1/chargers/milano/hpc-1")
+            .filter(|v| v["power_kw"] == 50.0)
+            .map(|_| ())
+    })
+    .await;
+    assert!(d.is_running());
+    // Rate-limited logging: at most a few lines per reason, not thousands.
+    let rejected_lines = d.log().matches("message rejected").count();
+    assert!(rejected_lines <= 20, "{rejected_lines} log lines for 10k rejects");
+}
