@@ -1455,4 +1455,307 @@ mod tests {
         assert_eq!(live.eta_s, None);
         assert_eq!(live.soc_pct, None);
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::{HashMap, HashSet};
+
+        #[derive(Clone, Debug)]
+        enum Op {
+            Tel {
+                gap: TsMs,
+                status: ChargerStatus,
+                power: f64,
+                soc: Option<f64>,
+                target: Option<f64>,
+                kwh_inc: f64,
+                with_sid: bool,
+                new_sid: bool,
+            },
+            /// Tick `gap` after the latest input; later telemetry may be older (late).
+            Tick {
+                gap: TsMs,
+            },
+            Avail {
+                gap: TsMs,
+                online: bool,
+            },
+        }
+
+        #[derive(Clone, Debug)]
+        enum In {
+            Tel(Box<Telemetry>),
+            Tick(TsMs),
+            Avail(bool, TsMs),
+        }
+
+        fn gap() -> impl Strategy<Value = TsMs> {
+            prop_oneof![3 => 1..30_000i64, 1 => 30_000..900_000i64]
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            let status = prop::sample::select(vec![
+                Available,
+                Preparing,
+                Charging,
+                Charging,
+                Charging,
+                SuspendedEv,
+                SuspendedEv,
+                SuspendedEvse,
+                Finishing,
+                Faulted,
+                Reserved,
+                Unavailable,
+            ]);
+            let tel = (
+                gap(),
+                status,
+                prop_oneof![1 => Just(0.0), 1 => 0.0..3.0f64, 2 => 0.0..350.0f64],
+                proptest::option::of(0.0..100.0f64),
+                proptest::option::of(prop::sample::select(vec![80.0, 90.0, 100.0])),
+                0.0..0.5f64,
+                any::<bool>(),
+                prop::bool::weighted(0.03),
+            )
+                .prop_map(
+                    |(gap, status, power, soc, target, kwh_inc, with_sid, new_sid)| Op::Tel {
+                        gap,
+                        status,
+                        power,
+                        soc,
+                        target,
+                        kwh_inc,
+                        with_sid,
+                        new_sid,
+                    },
+                );
+            prop_oneof![
+                8 => tel,
+                2 => gap().prop_map(|gap| Op::Tick { gap }),
+                1 => (gap(), any::<bool>()).prop_map(|(gap, online)| Op::Avail { gap, online }),
+            ]
+        }
+
+        /// Concrete inputs with absolute timestamps, so they can be replayed verbatim.
+        fn concretize(ops: &[Op], with_kwh: bool) -> Vec<In> {
+            let mut t = T0;
+            let mut kwh = 0.0;
+            let mut sid = 0u32;
+            let mut out = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Tel {
+                        gap,
+                        status,
+                        power,
+                        soc,
+                        target,
+                        kwh_inc,
+                        with_sid,
+                        new_sid,
+                    } => {
+                        t += gap;
+                        if *new_sid {
+                            sid += 1;
+                            kwh = 0.0;
+                        }
+                        if !matches!(status, Available | Faulted | Reserved | Unavailable) {
+                            kwh += kwh_inc;
+                        }
+                        out.push(In::Tel(Box::new(Telemetry {
+                            power_kw: Some(*power),
+                            soc_pct: *soc,
+                            target_soc_pct: *target,
+                            session_kwh: with_kwh.then_some(kwh),
+                            session_id: with_sid.then(|| format!("T{sid}")),
+                            ..tm(t, *status)
+                        })));
+                        if *status == Available {
+                            sid += 1;
+                            kwh = 0.0;
+                        }
+                    }
+                    Op::Tick { gap } => out.push(In::Tick(t + gap)),
+                    Op::Avail { gap, online } => {
+                        t += gap;
+                        out.push(In::Avail(*online, t));
+                    }
+                }
+            }
+            out
+        }
+
+        fn feed(m: &ChargerMeta, mach: &mut ChargerMachine, i: &In) -> Step {
+            match i {
+                In::Tel(t) => mach.step(m, ChargerInput::Telemetry(t)),
+                In::Tick(now) => mach.step(m, ChargerInput::Tick { now: *now }),
+                In::Avail(online, ts) => mach.step(
+                    m,
+                    ChargerInput::Availability {
+                        online: *online,
+                        ts: *ts,
+                    },
+                ),
+            }
+        }
+
+        fn run(m: &ChargerMeta, inputs: &[In]) -> Vec<Effect> {
+            let mut mach = ChargerMachine::new(m);
+            inputs
+                .iter()
+                .flat_map(|i| feed(m, &mut mach, i).effects)
+                .collect()
+        }
+
+        fn events(effects: &[Effect]) -> Vec<Event> {
+            effects
+                .iter()
+                .filter_map(|e| match e {
+                    Effect::Event(ev) => Some(ev.clone()),
+                    Effect::Session(_) => None,
+                })
+                .collect()
+        }
+
+        type Decision = (String, String, TsMs, Option<StopReason>, Option<Outcome>);
+
+        fn decisions(effects: &[Effect]) -> Vec<Decision> {
+            effects
+                .iter()
+                .map(|e| match e {
+                    Effect::Event(ev) => (
+                        ev.event_id.clone(),
+                        ev.kind.as_str().to_string(),
+                        ev.ts,
+                        ev.reason,
+                        None,
+                    ),
+                    Effect::Session(r) => (
+                        r.session_key.clone(),
+                        r.session_id.clone(),
+                        r.ended.unwrap_or(0),
+                        None,
+                        r.outcome,
+                    ),
+                })
+                .collect()
+        }
+
+        fn is_terminal(k: EventKind) -> bool {
+            matches!(k, ChargingComplete | ChargingStopped)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(200))]
+
+            #[test]
+            fn session_invariants_hold(
+                ops in proptest::collection::vec(op(), 1..300),
+                with_kwh in any::<bool>(),
+                ac in any::<bool>(),
+            ) {
+                let m = meta(if ac { ChargerKind::Ac } else { ChargerKind::Dc });
+                let thr = m.thresholds.low_power_kw(m.kind);
+                let inputs = concretize(&ops, with_kwh);
+                let effects = run(&m, &inputs);
+                let evs = events(&effects);
+
+                // Session ids change when the charger's own id is adopted mid-session:
+                // group by the session_key the records carry.
+                let mut key_of: HashMap<String, String> = HashMap::new();
+                for e in &effects {
+                    if let Effect::Session(r) = e {
+                        key_of.insert(r.session_id.clone(), r.session_key.clone());
+                    }
+                }
+                let mut ids = HashSet::new();
+                let mut terminals: HashMap<String, u32> = HashMap::new();
+                let mut completes: HashMap<String, u32> = HashMap::new();
+                for w in evs.windows(2) {
+                    prop_assert!(w[0].ts <= w[1].ts, "causal order: {:?} then {:?}", w[0], w[1]);
+                }
+                for e in &evs {
+                    prop_assert!(ids.insert(e.event_id.clone()), "duplicate id {:?}", e);
+                    if is_terminal(e.kind) {
+                        let sid = e.session_id.clone().unwrap_or_default();
+                        let key = key_of.get(&sid).cloned();
+                        prop_assert!(key.is_some(), "terminal outside a session: {:?}", e);
+                        let key = key.unwrap_or_default();
+                        *terminals.entry(key.clone()).or_default() += 1;
+                        if e.kind == ChargingComplete {
+                            *completes.entry(key).or_default() += 1;
+                        }
+                        let real = e.peak_kw.unwrap_or(0.0) > thr
+                            || e.energy_kwh.unwrap_or(0.0) > REAL_ENERGY_KWH;
+                        prop_assert!(real, "terminal without real energy: {:?}", e);
+                    }
+                }
+                prop_assert!(terminals.values().all(|n| *n <= 1), "{:?}", terminals);
+                prop_assert!(completes.values().all(|n| *n <= 1));
+
+                // Sessions close once, and their outcome matches the terminal events.
+                let mut closed = HashSet::new();
+                for e in &effects {
+                    if let Effect::Session(r) = e {
+                        if r.ended.is_some() {
+                            prop_assert!(closed.insert(r.session_key.clone()));
+                            let n_terminal = terminals.get(&r.session_key).copied().unwrap_or(0);
+                            if r.charging_started.is_none() {
+                                prop_assert_eq!(n_terminal, 0);
+                                prop_assert!(
+                                    matches!(r.outcome, Some(Outcome::NoCharge | Outcome::Faulted)),
+                                    "{:?}", r
+                                );
+                            } else {
+                                prop_assert_eq!(n_terminal, 1, "{:?}", r);
+                            }
+                            if r.outcome == Some(Outcome::Completed) {
+                                prop_assert!(r.completed.is_some());
+                                prop_assert_eq!(completes.get(&r.session_key), Some(&1));
+                            }
+                        }
+                    }
+                }
+            }
+
+            #[test]
+            fn redelivery_and_restart_change_nothing(
+                ops in proptest::collection::vec(op(), 1..150),
+                cut_frac in 0.0..1.0f64,
+                with_kwh in any::<bool>(),
+            ) {
+                let m = meta(ChargerKind::Dc);
+                let inputs = concretize(&ops, with_kwh);
+                let once = run(&m, &inputs);
+                let k = ((inputs.len() as f64) * cut_frac) as usize;
+
+                // A prefix replayed (broker redelivery after a reconnect).
+                let mut replayed = inputs[..k].to_vec();
+                replayed.extend_from_slice(&inputs[..k]);
+                replayed.extend_from_slice(&inputs[k..]);
+                prop_assert_eq!(events(&run(&m, &replayed)), events(&once));
+
+                // Every message delivered twice.
+                let doubled: Vec<In> =
+                    inputs.iter().flat_map(|i| [i.clone(), i.clone()]).collect();
+                prop_assert_eq!(&run(&m, &doubled), &once);
+
+                // A restart from persisted state at the cut.
+                // serde_json's default float parsing may differ in the last bit, so
+                // compare what the decisions are, not every float.
+                let mut mach = ChargerMachine::new(&m);
+                let mut effects = Vec::new();
+                for (n, i) in inputs.iter().enumerate() {
+                    if n == k {
+                        let json = serde_json::to_string(&mach).unwrap();
+                        mach = serde_json::from_str(&json).unwrap();
+                    }
+                    effects.extend(feed(&m, &mut mach, i).effects);
+                }
+                prop_assert_eq!(decisions(&effects), decisions(&once));
+            }
+        }
+    }
 }

@@ -163,3 +163,249 @@ impl ZoneMachine {
             .sum()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::thresholds::Thresholds;
+
+    const T0: TsMs = 1_795_547_378_000;
+
+    fn meta(capacity: Option<u32>) -> ZoneMeta {
+        ZoneMeta {
+            site: "milano".into(),
+            zone: "lounge".into(),
+            name: "Lounge".into(),
+            capacity,
+            thresholds: Thresholds::default(),
+        }
+    }
+
+    fn at(ts_s: i64) -> LoungeReading {
+        LoungeReading {
+            ts: T0 + ts_s * 1000,
+            ..LoungeReading::default()
+        }
+    }
+
+    fn count(n: u32, ts_s: i64) -> LoungeReading {
+        LoungeReading {
+            occupancy: Some(n),
+            ..at(ts_s)
+        }
+    }
+
+    fn cross(entered: u32, exited: u32, ts_s: i64) -> LoungeReading {
+        LoungeReading {
+            entered: Some(entered),
+            exited: Some(exited),
+            ..at(ts_s)
+        }
+    }
+
+    #[test]
+    fn full_and_free_with_hysteresis() {
+        let m = meta(Some(10));
+        let mut z = ZoneMachine::new(&m);
+        assert!(z.step(&m, "cam", &count(9, 1)).events.is_empty());
+        let full = z.step(&m, "cam", &count(10, 2)).events;
+        assert_eq!(full.len(), 1);
+        assert_eq!(full[0].kind, EventKind::LoungeFull);
+        assert_eq!((full[0].occupancy, full[0].capacity), (Some(10), Some(10)));
+        assert_eq!(full[0].zone.as_deref(), Some("lounge"));
+        assert_eq!(
+            full[0].event_id,
+            event_id("milano", "lounge", "", EventKind::LoungeFull, 1)
+        );
+        assert!(
+            z.step(&m, "cam", &count(12, 3)).events.is_empty(),
+            "already full"
+        );
+        assert!(
+            z.step(&m, "cam", &count(9, 4)).events.is_empty(),
+            "90 % is not < 90 %"
+        );
+        let free = z.step(&m, "cam", &count(8, 5)).events;
+        assert_eq!(free[0].kind, EventKind::LoungeFree);
+        let again = z.step(&m, "cam", &count(10, 6)).events;
+        assert_eq!(
+            again[0].event_id,
+            event_id("milano", "lounge", "", EventKind::LoungeFull, 2),
+            "a second full is a new event"
+        );
+        assert!(z.live(&m).full);
+    }
+
+    #[test]
+    fn line_crossings_adjust_clamp_and_rebase() {
+        let m = meta(Some(40));
+        let mut z = ZoneMachine::new(&m);
+        z.step(&m, "door", &cross(3, 0, 1));
+        z.step(&m, "door", &cross(1, 2, 2));
+        assert_eq!(z.live(&m).occupancy, 2);
+        z.step(&m, "door", &cross(0, 5, 3));
+        assert_eq!(z.live(&m).occupancy, 0, "clamped at 0");
+        z.step(&m, "door", &cross(2, 0, 4));
+        assert_eq!(
+            z.live(&m).occupancy,
+            2,
+            "the clamp does not remember phantom exits"
+        );
+        // A camera's absolute count re-bases the drifting door count.
+        z.step(&m, "cam", &count(7, 5));
+        assert_eq!(z.live(&m).occupancy, 7);
+        z.step(&m, "door", &cross(1, 0, 6));
+        assert_eq!(z.live(&m).occupancy, 8);
+        z.step(&m, "cam", &count(5, 7));
+        assert_eq!(z.live(&m).occupancy, 5);
+    }
+
+    #[test]
+    fn presence_sensors_count_when_there_is_no_counter() {
+        let m = meta(Some(2));
+        let mut z = ZoneMachine::new(&m);
+        let p = |v: bool, ts: i64| LoungeReading {
+            presence: Some(v),
+            ..at(ts)
+        };
+        z.step(&m, "seat-1", &p(true, 1));
+        assert_eq!(z.live(&m).occupancy, 1);
+        let ev = z.step(&m, "seat-2", &p(true, 2)).events;
+        assert_eq!(ev[0].kind, EventKind::LoungeFull);
+        z.step(&m, "seat-1", &p(false, 3));
+        assert_eq!(z.live(&m).occupancy, 1);
+        // Once a counter exists it decides; presence only describes seats.
+        z.step(&m, "cam", &count(4, 4));
+        z.step(&m, "seat-1", &p(true, 5));
+        assert_eq!(z.live(&m).occupancy, 4);
+    }
+
+    #[test]
+    fn old_and_duplicate_readings_are_ignored_per_sensor() {
+        let m = meta(Some(40));
+        let mut z = ZoneMachine::new(&m);
+        assert!(z.step(&m, "door", &cross(3, 0, 10)).applied);
+        assert!(!z.step(&m, "door", &cross(3, 0, 10)).applied, "redelivery");
+        assert!(!z.step(&m, "door", &cross(5, 0, 5)).applied, "older");
+        assert!(
+            z.step(&m, "door2", &cross(1, 0, 5)).applied,
+            "other sensor's clock"
+        );
+        assert_eq!(z.live(&m).occupancy, 4);
+    }
+
+    #[test]
+    fn no_capacity_no_events_and_environment_is_kept() {
+        let m = meta(None);
+        let mut z = ZoneMachine::new(&m);
+        assert!(z.step(&m, "cam", &count(500, 1)).events.is_empty());
+        z.step(
+            &m,
+            "air",
+            &LoungeReading {
+                co2_ppm: Some(820.0),
+                temperature_c: Some(22.5),
+                humidity_pct: Some(41.0),
+                ..at(2)
+            },
+        );
+        z.step(
+            &m,
+            "air",
+            &LoungeReading {
+                co2_ppm: Some(900.0),
+                ..at(3)
+            },
+        );
+        let live = z.live(&m);
+        assert_eq!(live.occupancy, 500);
+        assert_eq!(
+            (live.co2_ppm, live.temperature_c, live.humidity_pct),
+            (Some(900.0), Some(22.5), Some(41.0))
+        );
+        assert_eq!(live.last_ts, Some(T0 + 3000));
+    }
+
+    #[test]
+    fn state_survives_serde() {
+        let m = meta(Some(10));
+        let mut z = ZoneMachine::new(&m);
+        z.step(&m, "cam", &count(10, 1));
+        let mut back: ZoneMachine =
+            serde_json::from_str(&serde_json::to_string(&z).unwrap()).unwrap();
+        assert_eq!(back, z);
+        let a = z.step(&m, "cam", &count(1, 2)).events;
+        let b = back.step(&m, "cam", &count(1, 2)).events;
+        assert_eq!(a, b);
+        assert_eq!(a[0].kind, EventKind::LoungeFree);
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Clone, Debug)]
+        enum R {
+            Count(u32),
+            Cross(u32, u32),
+            Presence(bool),
+        }
+
+        fn reading() -> impl Strategy<Value = (u8, i64, R)> {
+            let r = prop_oneof![
+                (0u32..30).prop_map(R::Count),
+                (0u32..6, 0u32..9).prop_map(|(a, b)| R::Cross(a, b)),
+                any::<bool>().prop_map(R::Presence),
+            ];
+            (0u8..3, 1i64..20, r)
+        }
+
+        proptest! {
+            #[test]
+            fn occupancy_never_negative_and_full_free_alternate(
+                rs in proptest::collection::vec(reading(), 1..200)
+            ) {
+                let m = meta(Some(12));
+                let mut z = ZoneMachine::new(&m);
+                let mut ts = [T0; 3];
+                let mut last_kind = EventKind::LoungeFree;
+                let mut ids = std::collections::HashSet::new();
+                for (sensor, dt, r) in rs {
+                    let i = usize::from(sensor);
+                    ts[i] += dt * 1000;
+                    let mut lr = LoungeReading { ts: ts[i], ..LoungeReading::default() };
+                    match r {
+                        R::Count(n) => lr.occupancy = Some(n),
+                        R::Cross(a, b) => { lr.entered = Some(a); lr.exited = Some(b); }
+                        R::Presence(p) => lr.presence = Some(p),
+                    }
+                    let name = format!("s{sensor}");
+                    let before = z.clone();
+                    let st = z.step(&m, &name, &lr);
+                    prop_assert!(st.applied);
+                    // Redelivery changes nothing.
+                    let snapshot = z.clone();
+                    prop_assert!(!z.step(&m, &name, &lr).applied);
+                    prop_assert_eq!(&z, &snapshot);
+                    let occ = z.live(&m).occupancy;
+                    if let R::Cross(a, b) = r {
+                        // Presence-only occupancy is not a base for line crossings.
+                        let base = if before.has_counter { i64::from(before.occupancy) } else { 0 };
+                        let expect = (base + i64::from(a) - i64::from(b)).max(0);
+                        prop_assert_eq!(i64::from(occ), expect);
+                    }
+                    for e in st.events {
+                        prop_assert!(e.kind != last_kind, "full/free must alternate");
+                        prop_assert!(ids.insert(e.event_id.clone()));
+                        let pct = f64::from(occ) * 100.0 / 12.0;
+                        match e.kind {
+                            EventKind::LoungeFull => prop_assert!(pct >= 100.0),
+                            _ => prop_assert!(pct < 90.0),
+                        }
+                        last_kind = e.kind;
+                    }
+                }
+            }
+        }
+    }
+}
