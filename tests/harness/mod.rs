@@ -84,9 +84,9 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {data}/\n\
+                "listener {port} 127.0.0.1\nuser root\nallow_anonymous true\npersistence true\npersistence_location {data}/\n\
                  max_inflight_messages 0\nmax_queued_messages 1000000\nmax_queued_bytes 0\n\
-                 message_size_limit 0\nlog_dest file {log}\n",
+                 log_dest file {log}\n",
                 port = self.port,
                 data = data.display(),
                 log = self.dir.path().join("mosquitto.log").display(),
