@@ -598,7 +598,9 @@ impl ChargerMachine {
             s.meter_last = Some(m);
         }
         if let Some(k) = t.session_kwh {
-            s.session_kwh = Some(k);
+            // A counter that drops mid-session (a charger resetting it) must not take back
+            // energy that was delivered: session energy never decreases.
+            s.session_kwh = Some(s.session_kwh.map_or(k, |prev| prev.max(k)));
         }
         if let Some(p) = t.power_kw {
             if let Some((lt, lp)) = s.last_power {
