@@ -73,11 +73,22 @@ impl Mosquitto {
             dir,
             child: None,
         };
-        m.spawn();
-        m
+        // The free port may be taken by someone else before Mosquitto binds it: retry.
+        for _ in 0..5 {
+            if m.try_spawn() {
+                return m;
+            }
+            m.port = free_port();
+        }
+        panic!("mosquitto did not start");
     }
 
     fn spawn(&mut self) {
+        assert!(self.try_spawn(), "mosquitto did not restart on port {}", self.port);
+    }
+
+    /// Starts Mosquitto; false when it exited (its port was taken).
+    fn try_spawn(&mut self) -> bool {
         let conf = self.dir.path().join("mosquitto.conf");
         let data = self.dir.path().join("data");
         std::fs::create_dir_all(&data).expect("mkdir");
@@ -100,11 +111,20 @@ impl Mosquitto {
             .stderr(Stdio::null())
             .spawn()
             .expect("mosquitto must be installed (apt-get install mosquitto)");
-        self.child = Some(child);
         let port = self.port;
-        wait_for("mosquitto to accept connections", Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        let mut child = child;
+        let up = wait_for("mosquitto to accept connections", Duration::from_secs(10), || {
+            if !matches!(child.try_wait(), Ok(None)) {
+                return Some(false);
+            }
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| true)
         });
+        // Connected, but is it ours? A process that exited lost the port to another.
+        let ours = up && matches!(child.try_wait(), Ok(None));
+        if ours {
+            self.child = Some(child);
+        }
+        ours
     }
 
     pub fn url(&self) -> String {
@@ -336,7 +356,18 @@ pub struct MqttClient {
 
 impl MqttClient {
     pub async fn connect(port: u16, id: &str, subscribe: &[&str]) -> Self {
+        Self::connect_with(port, id, subscribe, true).await
+    }
+
+    /// A subscriber with a persistent session: QoS 1 messages published while it is
+    /// disconnected (a broker restart) are queued for it.
+    pub async fn connect_persistent(port: u16, id: &str, subscribe: &[&str]) -> Self {
+        Self::connect_with(port, id, subscribe, false).await
+    }
+
+    async fn connect_with(port: u16, id: &str, subscribe: &[&str], clean: bool) -> Self {
         let mut o = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+        o.set_clean_session(clean);
         o.set_keep_alive(Duration::from_secs(30));
         o.set_max_packet_size(4 << 20, 4 << 20);
         o.set_inflight(1000);
@@ -352,11 +383,11 @@ impl MqttClient {
         let task = tokio::spawn(async move {
             loop {
                 match el.poll().await {
-                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
-                        for s in &subs {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ack))) => {
+                        for s in subs.iter().filter(|_| !ack.session_present) {
                             let _ = c2.try_subscribe(s.clone(), rumqttc::QoS::AtLeastOnce);
                         }
-                        if subs.is_empty() {
+                        if subs.is_empty() || ack.session_present {
                             if let Some(t) = ready_tx.take() {
                                 let _ = t.send(());
                             }

@@ -1,0 +1,237 @@
+//! Charging sessions end to end against a real Mosquitto: one `charging_complete` per
+//! session, idempotent under redelivery, SIGKILL and broker outages.
+
+mod harness;
+
+use std::time::Duration;
+
+use harness::{wait_for_async, Daemon, Mosquitto, MqttClient};
+
+const TOPIC: &str = "evlounge/milano/charger/hpc-3/telemetry";
+
+fn config(broker: &Mosquitto) -> String {
+    format!(
+        r#"[mqtt]
+url = "{}"
+state_min_interval = "100ms"
+[thresholds]
+suspended_ev_grace = "60s"
+low_power_for = "3s"
+[[sites]]
+id = "milano"
+timezone = "Europe/Rome"
+  [[sites.chargers]]
+  id = "hpc-3"
+  bay = "Bay 3"
+  max_kw = 270.0
+"#,
+        broker.url()
+    )
+}
+
+fn base_ts() -> i64 {
+    // An hour ago, so every scripted ts is in the past (no clock-skew replacement).
+    chrono::Utc::now().timestamp_millis() - 3_600_000
+}
+
+fn msg(ts: i64, status: &str, power: f64, soc: f64, kwh: f64) -> String {
+    format!(
+        r#"{{"ts":{ts},"status":"{status}","session_id":"T-1842","vehicle":"Taycan 4S","power_kw":{power},"soc_pct":{soc},"target_soc_pct":80,"session_kwh":{kwh},"meter_kwh":{m}}}"#,
+        m = 10_000.0 + kwh
+    )
+}
+
+/// A DC session: plug-in, the start-of-charge suspended_ev blip, charging 20→80 %, the car
+/// at target (complete), suspended_ev, finishing, unplug.
+fn dc_session(t0: i64) -> (Vec<String>, Vec<String>) {
+    let mut before = vec![
+        msg(t0, "preparing", 0.0, 20.0, 0.0),
+        msg(t0 + 2_000, "suspended_evse", 0.0, 20.0, 0.0),
+        msg(t0 + 4_000, "suspended_ev", 0.0, 20.0, 0.0),
+    ];
+    let mut kwh = 0.0;
+    let mut soc = 20.0;
+    let mut t = t0 + 6_000;
+    while soc < 79.0 {
+        let p = if soc < 55.0 { 250.0 } else { 250.0 - (soc - 55.0) * 7.0 };
+        kwh += p * 30.0 / 3600.0;
+        soc += p * 30.0 / 3600.0 / 0.85;
+        before.push(msg(t, "charging", p, soc.min(79.0), kwh));
+        t += 30_000;
+    }
+    let after = vec![
+        msg(t, "charging", 60.0, 80.0, kwh + 0.5),
+        msg(t + 30_000, "suspended_ev", 0.0, 80.0, kwh + 0.5),
+        msg(t + 60_000, "finishing", 0.0, 80.0, kwh + 0.5),
+        msg(t + 90_000, "available", 0.0, 80.0, 0.0),
+    ];
+    (before, after)
+}
+
+async fn wait_session_closed(d: &Daemon) -> serde_json::Value {
+    wait_for_async("session closed in /api/v1/sessions", Duration::from_secs(30), || async {
+        let v = d.get_json("/api/v1/sessions?site=milano&charger=hpc-3")?;
+        let s = v["sessions"].as_array()?.first()?.clone();
+        (!s["ended"].is_null()).then_some(s)
+    })
+    .await
+}
+
+async fn wait_events(sub: &MqttClient, kind: &str, n: usize) {
+    wait_for_async(&format!("{n} {kind} event(s)"), Duration::from_secs(30), || async {
+        (sub.count(&format!("/events/{kind}")) >= n).then_some(())
+    })
+    .await
+}
+
+/// Absence can only be checked over a period: one publisher sweep interval (2 s) and a bit.
+async fn quiet_period() {
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripted_session_yields_one_completion_and_a_session_row() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &config(&broker));
+    let sub = MqttClient::connect(broker.port, "t-sub", &["evlounge/milano/events/#", "evlounge/milano/state/#"]).await;
+    let publ = MqttClient::connect(broker.port, "t-pub", &[]).await;
+    let (a, b) = dc_session(base_ts());
+    for m in a.iter().chain(b.iter()) {
+        publ.publish(TOPIC, m.clone()).await;
+    }
+    publ.wait_acked().await;
+    let s = wait_session_closed(&d).await;
+    wait_events(&sub, "charging_complete", 1).await;
+    quiet_period().await;
+    assert_eq!(sub.count("/events/charging_complete"), 1);
+    assert_eq!(sub.count("/events/charging_started"), 1);
+    assert_eq!(sub.count("/events/charging_stopped"), 0);
+    let ev = &sub.messages("/events/charging_complete")[0];
+    assert_eq!(ev["kind"], "charging_complete");
+    assert_eq!(ev["site"], "milano");
+    assert_eq!(ev["charger"], "hpc-3");
+    assert_eq!(ev["bay"], "Bay 3");
+    assert_eq!(ev["session_id"], "T-1842");
+    assert_eq!(ev["event_id"].as_str().map(str::len), Some(16));
+    assert!(ev["energy_kwh"].as_f64().unwrap() > 40.0, "{ev}");
+    assert_eq!(ev["soc_pct"], 80.0);
+    assert!(ev["peak_kw"].as_f64().unwrap() >= 250.0);
+    assert!(ev["duration_s"].as_f64().unwrap() > 600.0);
+    // the session row
+    assert_eq!(s["outcome"], "completed", "{s}");
+    assert_eq!(s["session_id"], "T-1842");
+    assert_eq!(s["soc_start"], 20.0);
+    assert_eq!(s["soc_end"], 80.0);
+    assert!(s["completed"].is_string());
+    assert!(s["energy_kwh"].as_f64().unwrap() > 40.0);
+    // retained live state was published
+    assert!(sub.count("/state/charger/hpc-3") >= 1);
+    let c = d.get_json("/api/v1/chargers/milano/hpc-3").unwrap();
+    assert_eq!(c["status"], "available");
+    assert_eq!(c["bay"], "Bay 3");
+    // CSV export
+    let (code, csv) = d.get("/api/v1/sessions?format=csv").unwrap();
+    assert_eq!(code, 200);
+    assert!(csv.lines().count() == 2 && csv.contains("T-1842") && csv.contains("completed"), "{csv}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redelivered_messages_yield_one_event() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &config(&broker));
+    let sub = MqttClient::connect(broker.port, "t-sub", &["evlounge/milano/events/#"]).await;
+    let publ = MqttClient::connect(broker.port, "t-pub", &[]).await;
+    let (a, b) = dc_session(base_ts());
+    // Every message twice, and the whole session replayed once more.
+    for m in a.iter().chain(b.iter()) {
+        publ.publish(TOPIC, m.clone()).await;
+        publ.publish(TOPIC, m.clone()).await;
+    }
+    for m in a.iter().chain(b.iter()) {
+        publ.publish(TOPIC, m.clone()).await;
+    }
+    publ.wait_acked().await;
+    wait_session_closed(&d).await;
+    wait_events(&sub, "charging_complete", 1).await;
+    quiet_period().await;
+    assert_eq!(sub.count("/events/charging_complete"), 1);
+    assert_eq!(sub.count("/events/charging_started"), 1);
+    let v = d.get_json("/api/v1/sessions").unwrap();
+    assert_eq!(v["sessions"].as_array().unwrap().len(), 1, "{v}");
+    assert!(d.metric("evlounge_ignored_total{reason=\"out_of_order\"}") >= (a.len() + b.len()) as f64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_session_then_restart_completes_once() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start(dir.path(), &config(&broker));
+    let sub = MqttClient::connect_persistent(broker.port, "t-sub-kill", &["evlounge/milano/events/#"]).await;
+    let publ = MqttClient::connect(broker.port, "t-pub", &[]).await;
+    let (a, b) = dc_session(base_ts());
+    for m in &a {
+        publ.publish(TOPIC, m.clone()).await;
+    }
+    publ.wait_acked().await;
+    wait_events(&sub, "charging_started", 1).await;
+    wait_for_async("charging state committed", Duration::from_secs(10), || async {
+        let c = d.get_json("/api/v1/chargers/milano/hpc-3")?;
+        (c["soc_pct"].as_f64()? >= 78.0).then_some(())
+    })
+    .await;
+    d.kill();
+    // While it is dead the car completes; the messages wait in the broker.
+    for m in &b {
+        publ.publish(TOPIC, m.clone()).await;
+    }
+    publ.wait_acked().await;
+    d.spawn();
+    let s = wait_session_closed(&d).await;
+    wait_events(&sub, "charging_complete", 1).await;
+    quiet_period().await;
+    assert_eq!(sub.count("/events/charging_complete"), 1);
+    assert_eq!(sub.count("/events/charging_started"), 1);
+    assert_eq!(s["outcome"], "completed");
+    assert!(d.log().contains("resumed charger state"), "{}", d.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_outage_while_the_car_completes_delays_but_keeps_the_event() {
+    let mut broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &config(&broker));
+    let sub = MqttClient::connect_persistent(broker.port, "t-sub-outage", &["evlounge/milano/events/#"]).await;
+    let publ = MqttClient::connect(broker.port, "t-pub", &[]).await;
+    // An AC-like tail: real charging, then low power; the telemetry stops and the car
+    // completes on sustained low power (3 s here) while the broker is down.
+    let t0 = chrono::Utc::now().timestamp_millis() - 20_000;
+    for (i, (st, p)) in [("preparing", 0.0), ("charging", 50.0), ("charging", 50.0), ("charging", 1.0)].iter().enumerate() {
+        publ.publish(
+            TOPIC,
+            format!(r#"{{"ts":{},"status":"{st}","session_id":"T-9","power_kw":{p}}}"#, t0 + i as i64 * 5_000),
+        )
+        .await;
+    }
+    publ.wait_acked().await;
+    wait_events(&sub, "charging_started", 1).await;
+    drop(publ);
+    broker.stop();
+    wait_for_async("daemon sees the outage", Duration::from_secs(10), || async {
+        d.get("/readyz").filter(|(c, _)| *c == 503).map(|_| ())
+    })
+    .await;
+    // The completion is decided and committed while the broker is away.
+    wait_for_async("completion committed during the outage", Duration::from_secs(20), || async {
+        let v = d.get_json("/api/v1/sessions")?;
+        let s = v["sessions"].as_array()?.first()?.clone();
+        (!s["completed"].is_null()).then_some(())
+    })
+    .await;
+    assert_eq!(sub.count("/events/charging_complete"), 0);
+    broker.restart();
+    wait_events(&sub, "charging_complete", 1).await;
+    quiet_period().await;
+    assert_eq!(sub.count("/events/charging_complete"), 1);
+}
