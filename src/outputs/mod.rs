@@ -1,1 +1,2 @@
+pub mod notify;
 pub mod timeseries;

@@ -1,1 +1,2 @@
+pub mod secret;
 pub mod time;
