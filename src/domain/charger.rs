@@ -48,7 +48,9 @@ pub struct ChargerMachine {
 
 impl ChargerMachine {
     pub fn new(meta: &ChargerMeta) -> Self {
-        ChargerMachine { meta_site: meta.site.clone() }
+        ChargerMachine {
+            meta_site: meta.site.clone(),
+        }
     }
     pub fn step(&mut self, _meta: &ChargerMeta, _input: ChargerInput<'_>) -> Step {
         Step::default()

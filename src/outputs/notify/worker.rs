@@ -208,6 +208,8 @@ fn open_db(path: &Path) -> rusqlite::Result<Connection> {
     c.busy_timeout(Duration::from_secs(5))?;
     c.pragma_update(None, "journal_mode", "WAL")?;
     c.pragma_update(None, "synchronous", "NORMAL")?;
+    // Deleted guest contacts are overwritten in the file, not just unlinked from the b-tree.
+    c.pragma_update(None, "secure_delete", "ON")?;
     migrate(&c)?;
     Ok(c)
 }
