@@ -577,3 +577,110 @@ async fn retention_sweep_removes_guest_addresses() {
         );
     }
 }
+
+/// The MQTT channel through the worker. The publisher stands in for the daemon's client
+/// (the lead's code); it refuses the first publish, as a client does while disconnected.
+#[tokio::test]
+async fn mqtt_channel_publishes_json_on_the_notify_topic() {
+    use evlounge::outputs::notify::{run_worker, MqttPublish};
+    use futures_util::future::BoxFuture;
+
+    #[derive(Default)]
+    struct Recorder {
+        calls: parking_lot::Mutex<Vec<(String, Vec<u8>)>>,
+    }
+    impl MqttPublish for Recorder {
+        fn publish(&self, topic: String, payload: Vec<u8>) -> BoxFuture<'_, Result<(), String>> {
+            Box::pin(async move {
+                let mut calls = self.calls.lock();
+                calls.push((topic, payload));
+                if calls.len() == 1 {
+                    Err("not connected".into())
+                } else {
+                    Ok(())
+                }
+            })
+        }
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = db_in(&dir);
+    let conn = open_store(&db);
+    let mut cfg = base_cfg();
+    cfg.mqtt_enabled = true;
+    cfg.mqtt_prefix = "lounge".into();
+    link(
+        &conn,
+        &cfg,
+        Channel::Mqtt,
+        "display/lobby",
+        Lang::En,
+        Some("A"),
+    );
+    commit_event(&conn, &complete_event("e-mqtt"), "A", now_ms());
+    let rec = std::sync::Arc::new(Recorder::default());
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+    let client: std::sync::Arc<dyn MqttPublish> = rec.clone();
+    let join = tokio::spawn(run_worker(
+        cfg,
+        db.clone(),
+        wake.clone(),
+        Some(client),
+        None,
+        rx,
+    ));
+    wake.notify_one();
+    wait_until("mqtt delivered", || all_done(&conn, 1)).await;
+    stop.send(true).unwrap();
+    join.await.unwrap();
+    assert_eq!(
+        statuses(&conn),
+        vec![("e-mqtt".into(), "delivered".into(), 2)]
+    );
+    let calls = rec.calls.lock().clone();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[1].0, "lounge/milano/notify/display/lobby");
+    let v: serde_json::Value = serde_json::from_slice(&calls[1].1).unwrap();
+    assert_eq!(v["kind"], "charging_complete");
+    assert_eq!(v["event_id"], "e-mqtt");
+    assert!(v["message"].as_str().unwrap().contains("charged to 80 %"));
+}
+
+/// A row for a channel that is not configured waits (it may be configured after a restart)
+/// and expires at max age; the worker does not spin on it meanwhile.
+#[tokio::test]
+async fn rows_of_an_unconfigured_channel_wait_then_expire() {
+    let r = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = db_in(&dir);
+    let conn = open_store(&db);
+    let cfg = webhook_cfg(&r);
+    link(&conn, &cfg, Channel::Webhook, "crm:7", Lang::It, Some("A"));
+    commit_event(&conn, &complete_event("e-wait"), "A", now_ms());
+    commit_event(
+        &conn,
+        &complete_event("e-stale"),
+        "A",
+        now_ms() - 2 * 3_600_000,
+    );
+    let mut no_webhook = cfg.clone();
+    no_webhook.webhook = None;
+    let w = Worker::start(&no_webhook, &db, None);
+    w.wake.notify_one();
+    wait_until("stale row expired", || {
+        statuses(&conn)
+            .iter()
+            .any(|s| s.0 == "e-stale" && s.1 == "expired")
+    })
+    .await;
+    w.stop().await;
+    assert!(statuses(&conn).contains(&("e-wait".into(), "pending".into(), 0)));
+    assert_eq!(r.count(), 0);
+    // Configured again: delivered.
+    let w = Worker::start(&cfg, &db, None);
+    w.wake.notify_one();
+    wait_until("delivered", || all_done(&conn, 2)).await;
+    w.stop().await;
+    assert_eq!(r.count(), 1);
+}

@@ -105,7 +105,10 @@ pub fn statuses(conn: &Connection) -> Vec<(String, String, i64)> {
         .unwrap()
 }
 
-pub fn attempts(conn: &Connection) -> Vec<(String, Option<i64>, Option<String>, i64, i64)> {
+/// One recorded attempt: outcome, HTTP status, error, started ms, finished ms.
+pub type AttemptRow = (String, Option<i64>, Option<String>, i64, i64);
+
+pub fn attempts(conn: &Connection) -> Vec<AttemptRow> {
     let mut st = conn
         .prepare(
             "SELECT outcome, status_code, error, started_ms, finished_ms

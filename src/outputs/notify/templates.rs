@@ -390,7 +390,7 @@ pub(crate) fn decimal(v: f64, decimals: usize, lang: Lang) -> String {
 }
 
 fn reason_text(e: &Event, lang: Lang) -> String {
-    let target = e.target_soc_pct.filter(|v| v.is_finite()).map(|v| pct(v));
+    let target = e.target_soc_pct.filter(|v| v.is_finite()).map(pct);
     match (e.reason, lang, target) {
         (Some(StopReason::StoppedEarly), Lang::It, Some(t)) => {
             format!("interrotta prima dell'obiettivo ({t} %)")

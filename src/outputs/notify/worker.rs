@@ -152,9 +152,13 @@ pub async fn run_worker(
             if free == 0 {
                 continue;
             }
-            open_channels.push(ch);
-            let s = shared.clone();
             let deliverable = shared.channels.contains_key(&ch);
+            // An unavailable channel's rows only wait to expire: the idle poll finds them,
+            // counting them as due would spin.
+            if deliverable {
+                open_channels.push(ch);
+            }
+            let s = shared.clone();
             let claimed = db(&shared, move |c| {
                 claim(c, &s.cfg, ch, free, now, deliverable)
             })
