@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use crate::config::{self, Config, LogFormat};
 
 #[derive(Debug, Parser)]
-#[command(name = "evlounge", version, about = "EV lounge daemon: charger sessions, lounge occupancy, guest notifications, time series")]
+#[command(
+    name = "evlounge",
+    version,
+    about = "EV lounge daemon: charger sessions, lounge occupancy, guest notifications, time series"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

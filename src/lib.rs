@@ -1,11 +1,11 @@
 //! evlounge: EV lounge daemon. Data flows ingest → domain → outputs → http.
 
-pub mod domain;
-pub mod outputs;
-pub mod util;
-pub mod config;
-pub mod ingest;
-pub mod store;
 pub mod app;
-pub mod http;
 pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod ingest;
+pub mod outputs;
+pub mod store;
+pub mod util;

@@ -29,7 +29,12 @@ fn example_config_passes() {
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config/evlounge.toml"))
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("hpc-3"), "{stdout}");
     assert!(stdout.contains("Europe/Rome"));
@@ -64,7 +69,9 @@ fn bad_configs_name_their_keys() {
         assert_eq!(code, 2, "{toml}: {stderr}");
         assert!(stdout.is_empty(), "{toml}: nothing on stdout, got {stdout}");
         assert!(
-            stderr.lines().any(|l| l.starts_with(&format!("error: {key}: "))),
+            stderr
+                .lines()
+                .any(|l| l.starts_with(&format!("error: {key}: "))),
             "{toml}: expected `error: {key}: …`, got:\n{stderr}"
         );
     }
@@ -78,7 +85,10 @@ fn every_problem_is_reported_at_once() {
     );
     assert_eq!(code, 2);
     for key in ["mqtt.url", "http.listen", "sites[0].zones[0].capacity"] {
-        assert!(stderr.contains(&format!("error: {key}: ")), "{key} missing in:\n{stderr}");
+        assert!(
+            stderr.contains(&format!("error: {key}: ")),
+            "{key} missing in:\n{stderr}"
+        );
     }
 }
 
@@ -86,7 +96,10 @@ fn every_problem_is_reported_at_once() {
 fn env_overrides_the_file() {
     let (code, stdout, stderr) = check(
         "[mqtt]\nurl = \"mqtt://a:1883\"\n",
-        &[("EVLOUNGE__MQTT__URL", "mqtt://from-env:1884"), ("EVLOUNGE__MQTT__PREFIX", "site7")],
+        &[
+            ("EVLOUNGE__MQTT__URL", "mqtt://from-env:1884"),
+            ("EVLOUNGE__MQTT__PREFIX", "site7"),
+        ],
     );
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("mqtt://from-env:1884"), "{stdout}");
@@ -105,10 +118,24 @@ fn secrets_never_printed() {
         "[mqtt]\nusername = \"u\"\npassword = \"inline-secret-1234\"\n[influx]\nurl = \"http://127.0.0.1:8086\"\norg = \"o\"\nbucket = \"b\"\ntoken_file = {:?}\n[http]\nstaff_token = \"staff-secret-9999\"\n",
         tokf.display()
     );
-    let (code, stdout, stderr) = check(&toml, &[("EVLOUNGE__NOTIFY__WEBHOOK__URL", "http://127.0.0.1:9/h"), ("EVLOUNGE__NOTIFY__WEBHOOK__SECRET", "env-secret-777")]);
+    let (code, stdout, stderr) = check(
+        &toml,
+        &[
+            ("EVLOUNGE__NOTIFY__WEBHOOK__URL", "http://127.0.0.1:9/h"),
+            ("EVLOUNGE__NOTIFY__WEBHOOK__SECRET", "env-secret-777"),
+        ],
+    );
     assert_eq!(code, 0, "{stderr}");
-    for s in ["inline-secret-1234", "file-secret-4242", "staff-secret-9999", "env-secret-777"] {
-        assert!(!stdout.contains(s) && !stderr.contains(s), "{s} leaked:\n{stdout}{stderr}");
+    for s in [
+        "inline-secret-1234",
+        "file-secret-4242",
+        "staff-secret-9999",
+        "env-secret-777",
+    ] {
+        assert!(
+            !stdout.contains(s) && !stderr.contains(s),
+            "{s} leaked:\n{stdout}{stderr}"
+        );
     }
     assert!(stdout.contains("***"));
     // and a failing config does not echo them either
@@ -119,11 +146,20 @@ fn secrets_never_printed() {
 
 #[test]
 fn usage_errors_exit_2_and_version_works() {
-    let out = Command::new(harness::bin()).arg("frobnicate").output().unwrap();
+    let out = Command::new(harness::bin())
+        .arg("frobnicate")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    let out = Command::new(harness::bin()).arg("--version").output().unwrap();
+    let out = Command::new(harness::bin())
+        .arg("--version")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
-    let out = Command::new(harness::bin()).args(["run", "-c", "/nonexistent.toml"]).output().unwrap();
+    let out = Command::new(harness::bin())
+        .args(["run", "-c", "/nonexistent.toml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }

@@ -27,13 +27,22 @@ async fn connects_subscribes_and_counts() {
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(dir.path(), &config(&broker));
     wait_for_async("mqtt up in /readyz", Duration::from_secs(10), || async {
-        d.get("/readyz").filter(|(c, b)| *c == 200 && b.contains("\"mqtt\":\"up\"")).map(|_| ())
+        d.get("/readyz")
+            .filter(|(c, b)| *c == 200 && b.contains("\"mqtt\":\"up\""))
+            .map(|_| ())
     })
     .await;
     let c = MqttClient::connect(broker.port, "t-pub", &[]).await;
-    c.publish(TELEMETRY, r#"{"status":"charging","power_kw":120.5}"#).await;
+    c.publish(TELEMETRY, r#"{"status":"charging","power_kw":120.5}"#)
+        .await;
     c.wait_acked().await;
-    let n = wait_metric(&d, "evlounge_mqtt_messages_total{kind=\"telemetry\"}", 1.0, Duration::from_secs(10)).await;
+    let n = wait_metric(
+        &d,
+        "evlounge_mqtt_messages_total{kind=\"telemetry\"}",
+        1.0,
+        Duration::from_secs(10),
+    )
+    .await;
     assert_eq!(n, 1.0);
     assert_eq!(d.get("/healthz").map(|(c, _)| c), Some(200));
     assert!(d.log().contains("mqtt connected"), "{}", d.log());
@@ -66,7 +75,11 @@ async fn survives_broker_restart_and_gets_queued_messages() {
         wait_metric(&d, series, 2.0, Duration::from_secs(10)).await;
     }
     let log = d.log();
-    assert_eq!(log.matches("mqtt connection lost").count(), 1, "one line per outage:\n{log}");
+    assert_eq!(
+        log.matches("mqtt connection lost").count(),
+        1,
+        "one line per outage:\n{log}"
+    );
 
     // 2. QoS 1 messages published while the daemon is away survive a broker restart
     //    (persistent session + broker persistence) and are delivered when it is back.
@@ -74,7 +87,11 @@ async fn survives_broker_restart_and_gets_queued_messages() {
     {
         let c = MqttClient::connect(broker.port, "t-pub3", &[]).await;
         for i in 0..20 {
-            c.publish(TELEMETRY, format!(r#"{{"status":"charging","power_kw":{}}}"#, 100 + i)).await;
+            c.publish(
+                TELEMETRY,
+                format!(r#"{{"status":"charging","power_kw":{}}}"#, 100 + i),
+            )
+            .await;
         }
         c.wait_acked().await;
     }
@@ -99,8 +116,14 @@ async fn malformed_flood_is_counted_and_skipped() {
         (TELEMETRY, "{not json"),
         (TELEMETRY, r#"{"status":"charging","power_kw":"lots"}"#),
         (TELEMETRY, r#"{"status":"charging","soc_pct":180}"#),
-        ("evlounge/bad site!/charger/x/telemetry", r#"{"status":"charging"}"#),
-        ("evlounge/milano/lounge/lounge/door-1", r#"{"occupancy":-3}"#),
+        (
+            "evlounge/bad site!/charger/x/telemetry",
+            r#"{"status":"charging"}"#,
+        ),
+        (
+            "evlounge/milano/lounge/lounge/door-1",
+            r#"{"occupancy":-3}"#,
+        ),
         ("evlounge/milano/charger/hpc-1/availability", "maybe"),
     ];
     for i in 0..10_000 {
@@ -109,38 +132,63 @@ async fn malformed_flood_is_counted_and_skipped() {
     }
     let big = format!(r#"{{"status":"charging","pad":"{}"}}"#, "x".repeat(1 << 20));
     c.publish(TELEMETRY, big).await;
-    c.publish(TELEMETRY, r#"{"status":"charging","power_kw":50}"#).await;
+    c.publish(TELEMETRY, r#"{"status":"charging","power_kw":50}"#)
+        .await;
 
-    let per = |r: &str| format!("evlounge_decode_errors_total{{reason=\"{r}\",adapter=\"evlounge\"}}");
+    let per =
+        |r: &str| format!("evlounge_decode_errors_total{{reason=\"{r}\",adapter=\"evlounge\"}}");
     wait_metric(&d, &per("oversized"), 1.0, Duration::from_secs(60)).await;
-    let total = wait_for_async("all 10,001 rejections counted", Duration::from_secs(60), || async {
-        let m = d.metrics();
-        let sum: f64 = ["invalid_json", "invalid_field", "out_of_range", "unknown_topic", "oversized"]
+    let total = wait_for_async(
+        "all 10,001 rejections counted",
+        Duration::from_secs(60),
+        || async {
+            let m = d.metrics();
+            let sum: f64 = [
+                "invalid_json",
+                "invalid_field",
+                "out_of_range",
+                "unknown_topic",
+                "oversized",
+            ]
             .iter()
             .map(|r| harness::metric_value(&m, &per(r)))
             .sum();
-        if sum < 10_001.0 {
-            eprintln!("so far: {sum}");
-        }
-        (sum >= 10_001.0).then_some(sum)
-    })
+            if sum < 10_001.0 {
+                eprintln!("so far: {sum}");
+            }
+            (sum >= 10_001.0).then_some(sum)
+        },
+    )
     .await;
     assert_eq!(total, 10_001.0);
     let m = d.metrics();
     assert_eq!(harness::metric_value(&m, &per("invalid_json")), 1667.0);
     // 10,000 = 6 kinds x 1,666 + the first four kinds once more
-    assert_eq!(harness::metric_value(&m, &per("invalid_field")), 1667.0 + 1666.0);
-    assert_eq!(harness::metric_value(&m, &per("out_of_range")), 1667.0 + 1666.0);
+    assert_eq!(
+        harness::metric_value(&m, &per("invalid_field")),
+        1667.0 + 1666.0
+    );
+    assert_eq!(
+        harness::metric_value(&m, &per("out_of_range")),
+        1667.0 + 1666.0
+    );
     assert_eq!(harness::metric_value(&m, &per("unknown_topic")), 1667.0);
     // The good message after the flood is processed.
-    wait_for_async("good message processed", Duration::from_secs(10), || async {
-        d.get_json("/api/v1/chargers/milano/hpc-1")
-            .filter(|v| v["power_kw"] == 50.0)
-            .map(|_| ())
-    })
+    wait_for_async(
+        "good message processed",
+        Duration::from_secs(10),
+        || async {
+            d.get_json("/api/v1/chargers/milano/hpc-1")
+                .filter(|v| v["power_kw"] == 50.0)
+                .map(|_| ())
+        },
+    )
     .await;
     assert!(d.is_running());
     // Rate-limited logging: at most a few lines per reason, not thousands.
     let rejected_lines = d.log().matches("message rejected").count();
-    assert!(rejected_lines <= 20, "{rejected_lines} log lines for 10k rejects");
+    assert!(
+        rejected_lines <= 20,
+        "{rejected_lines} log lines for 10k rejects"
+    );
 }

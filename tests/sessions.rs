@@ -53,7 +53,11 @@ fn dc_session(t0: i64) -> (Vec<String>, Vec<String>) {
     let mut soc = 20.0;
     let mut t = t0 + 6_000;
     while soc < 79.0 {
-        let p = if soc < 55.0 { 250.0 } else { 250.0 - (soc - 55.0) * 7.0 };
+        let p = if soc < 55.0 {
+            250.0
+        } else {
+            250.0 - (soc - 55.0) * 7.0
+        };
         kwh += p * 30.0 / 3600.0;
         soc += p * 30.0 / 3600.0 / 0.85;
         before.push(msg(t, "charging", p, soc.min(79.0), kwh));
@@ -69,18 +73,24 @@ fn dc_session(t0: i64) -> (Vec<String>, Vec<String>) {
 }
 
 async fn wait_session_closed(d: &Daemon) -> serde_json::Value {
-    wait_for_async("session closed in /api/v1/sessions", Duration::from_secs(30), || async {
-        let v = d.get_json("/api/v1/sessions?site=milano&charger=hpc-3")?;
-        let s = v["sessions"].as_array()?.first()?.clone();
-        (!s["ended"].is_null()).then_some(s)
-    })
+    wait_for_async(
+        "session closed in /api/v1/sessions",
+        Duration::from_secs(30),
+        || async {
+            let v = d.get_json("/api/v1/sessions?site=milano&charger=hpc-3")?;
+            let s = v["sessions"].as_array()?.first()?.clone();
+            (!s["ended"].is_null()).then_some(s)
+        },
+    )
     .await
 }
 
 async fn wait_events(sub: &MqttClient, kind: &str, n: usize) {
-    wait_for_async(&format!("{n} {kind} event(s)"), Duration::from_secs(30), || async {
-        (sub.count(&format!("/events/{kind}")) >= n).then_some(())
-    })
+    wait_for_async(
+        &format!("{n} {kind} event(s)"),
+        Duration::from_secs(30),
+        || async { (sub.count(&format!("/events/{kind}")) >= n).then_some(()) },
+    )
     .await
 }
 
@@ -94,7 +104,12 @@ async fn scripted_session_yields_one_completion_and_a_session_row() {
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(dir.path(), &config(&broker));
-    let sub = MqttClient::connect(broker.port, "t-sub", &["evlounge/milano/events/#", "evlounge/milano/state/#"]).await;
+    let sub = MqttClient::connect(
+        broker.port,
+        "t-sub",
+        &["evlounge/milano/events/#", "evlounge/milano/state/#"],
+    )
+    .await;
     let publ = MqttClient::connect(broker.port, "t-pub", &[]).await;
     let (a, b) = dc_session(base_ts());
     for m in a.iter().chain(b.iter()) {
@@ -133,7 +148,10 @@ async fn scripted_session_yields_one_completion_and_a_session_row() {
     // CSV export
     let (code, csv) = d.get("/api/v1/sessions?format=csv").unwrap();
     assert_eq!(code, 200);
-    assert!(csv.lines().count() == 2 && csv.contains("T-1842") && csv.contains("completed"), "{csv}");
+    assert!(
+        csv.lines().count() == 2 && csv.contains("T-1842") && csv.contains("completed"),
+        "{csv}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,7 +178,9 @@ async fn redelivered_messages_yield_one_event() {
     assert_eq!(sub.count("/events/charging_started"), 1);
     let v = d.get_json("/api/v1/sessions").unwrap();
     assert_eq!(v["sessions"].as_array().unwrap().len(), 1, "{v}");
-    assert!(d.metric("evlounge_ignored_total{reason=\"out_of_order\"}") >= (a.len() + b.len()) as f64);
+    assert!(
+        d.metric("evlounge_ignored_total{reason=\"out_of_order\"}") >= (a.len() + b.len()) as f64
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,7 +188,9 @@ async fn sigkill_mid_session_then_restart_completes_once() {
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
     let mut d = Daemon::start(dir.path(), &config(&broker));
-    let sub = MqttClient::connect_persistent(broker.port, "t-sub-kill", &["evlounge/milano/events/#"]).await;
+    let sub =
+        MqttClient::connect_persistent(broker.port, "t-sub-kill", &["evlounge/milano/events/#"])
+            .await;
     let publ = MqttClient::connect(broker.port, "t-pub", &[]).await;
     let (a, b) = dc_session(base_ts());
     for m in &a {
@@ -176,10 +198,14 @@ async fn sigkill_mid_session_then_restart_completes_once() {
     }
     publ.wait_acked().await;
     wait_events(&sub, "charging_started", 1).await;
-    wait_for_async("charging state committed", Duration::from_secs(10), || async {
-        let c = d.get_json("/api/v1/chargers/milano/hpc-3")?;
-        (c["soc_pct"].as_f64()? >= 78.0).then_some(())
-    })
+    wait_for_async(
+        "charging state committed",
+        Duration::from_secs(10),
+        || async {
+            let c = d.get_json("/api/v1/chargers/milano/hpc-3")?;
+            (c["soc_pct"].as_f64()? >= 78.0).then_some(())
+        },
+    )
     .await;
     d.kill();
     // While it is dead the car completes; the messages wait in the broker.
@@ -202,15 +228,28 @@ async fn broker_outage_while_the_car_completes_delays_but_keeps_the_event() {
     let mut broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(dir.path(), &config(&broker));
-    let sub = MqttClient::connect_persistent(broker.port, "t-sub-outage", &["evlounge/milano/events/#"]).await;
+    let sub =
+        MqttClient::connect_persistent(broker.port, "t-sub-outage", &["evlounge/milano/events/#"])
+            .await;
     let publ = MqttClient::connect(broker.port, "t-pub", &[]).await;
     // An AC-like tail: real charging, then low power; the telemetry stops and the car
     // completes on sustained low power (3 s here) while the broker is down.
     let t0 = chrono::Utc::now().timestamp_millis() - 20_000;
-    for (i, (st, p)) in [("preparing", 0.0), ("charging", 50.0), ("charging", 50.0), ("charging", 1.0)].iter().enumerate() {
+    for (i, (st, p)) in [
+        ("preparing", 0.0),
+        ("charging", 50.0),
+        ("charging", 50.0),
+        ("charging", 1.0),
+    ]
+    .iter()
+    .enumerate()
+    {
         publ.publish(
             TOPIC,
-            format!(r#"{{"ts":{},"status":"{st}","session_id":"T-9","power_kw":{p}}}"#, t0 + i as i64 * 5_000),
+            format!(
+                r#"{{"ts":{},"status":"{st}","session_id":"T-9","power_kw":{p}}}"#,
+                t0 + i as i64 * 5_000
+            ),
         )
         .await;
     }
@@ -218,16 +257,22 @@ async fn broker_outage_while_the_car_completes_delays_but_keeps_the_event() {
     wait_events(&sub, "charging_started", 1).await;
     drop(publ);
     broker.stop();
-    wait_for_async("daemon sees the outage", Duration::from_secs(10), || async {
-        d.get("/readyz").filter(|(c, _)| *c == 503).map(|_| ())
-    })
+    wait_for_async(
+        "daemon sees the outage",
+        Duration::from_secs(10),
+        || async { d.get("/readyz").filter(|(c, _)| *c == 503).map(|_| ()) },
+    )
     .await;
     // The completion is decided and committed while the broker is away.
-    wait_for_async("completion committed during the outage", Duration::from_secs(20), || async {
-        let v = d.get_json("/api/v1/sessions")?;
-        let s = v["sessions"].as_array()?.first()?.clone();
-        (!s["completed"].is_null()).then_some(())
-    })
+    wait_for_async(
+        "completion committed during the outage",
+        Duration::from_secs(20),
+        || async {
+            let v = d.get_json("/api/v1/sessions")?;
+            let s = v["sessions"].as_array()?.first()?.clone();
+            (!s["completed"].is_null()).then_some(())
+        },
+    )
     .await;
     assert_eq!(sub.count("/events/charging_complete"), 0);
     broker.restart();

@@ -48,14 +48,24 @@ pub trait CommitHook: Send {
         now_ms: i64,
     ) -> rusqlite::Result<()>;
     /// A front-desk link received over MQTT.
-    fn on_frontdesk(&mut self, tx: &rusqlite::Transaction<'_>, site: &str, payload: &[u8], now_ms: i64);
+    fn on_frontdesk(
+        &mut self,
+        tx: &rusqlite::Transaction<'_>,
+        site: &str,
+        payload: &[u8],
+        now_ms: i64,
+    );
 }
 
 /// Messages for the MQTT publisher task.
 #[derive(Debug)]
 pub enum OutMsg {
     /// A committed event: publish QoS 1, then mark published in the store.
-    Event { seq: i64, topic: String, payload: String },
+    Event {
+        seq: i64,
+        topic: String,
+        payload: String,
+    },
     /// Retained live state (coalesced and rate-limited by the publisher).
     State { topic: String, payload: String },
     /// Dead-letter copy of a rejected message.
@@ -199,7 +209,9 @@ impl Processor {
                     );
                     resumed += 1;
                 }
-                Err(e) => tracing::warn!(site = %key.site, charger = %key.charger, error = %e, "saved charger state unreadable; starting fresh"),
+                Err(e) => {
+                    tracing::warn!(site = %key.site, charger = %key.charger, error = %e, "saved charger state unreadable; starting fresh")
+                }
             }
         }
         for (site, zone, json) in store::load_zone_states(&self.conn)? {
@@ -209,14 +221,24 @@ impl Processor {
                 Ok(machine) => {
                     self.zones.insert(key, ZoneSlot { meta, machine });
                 }
-                Err(e) => tracing::warn!(site = %key.site, zone = %key.zone, error = %e, "saved zone state unreadable; starting fresh"),
+                Err(e) => {
+                    tracing::warn!(site = %key.site, zone = %key.zone, error = %e, "saved zone state unreadable; starting fresh")
+                }
             }
         }
         if resumed > 0 {
             tracing::info!(chargers = resumed, "resumed charger state from the store");
         }
-        let chargers = self.chargers.values().map(|s| s.machine.live(&s.meta)).collect();
-        let zones = self.zones.values().map(|s| s.machine.live(&s.meta)).collect();
+        let chargers = self
+            .chargers
+            .values()
+            .map(|s| s.machine.live(&s.meta))
+            .collect();
+        let zones = self
+            .zones
+            .values()
+            .map(|s| s.machine.live(&s.meta))
+            .collect();
         self.live.update(chargers, zones);
         Ok(())
     }
@@ -227,7 +249,11 @@ impl Processor {
             .and_then(|s| s.chargers.iter().find(|c| c.charger == key.charger))
             .cloned()
             .unwrap_or_else(|| {
-                ChargerMeta::auto(&key.site, &key.charger, self.cfg.site_thresholds(&key.site).clone())
+                ChargerMeta::auto(
+                    &key.site,
+                    &key.charger,
+                    self.cfg.site_thresholds(&key.site).clone(),
+                )
             })
     }
 
@@ -353,7 +379,8 @@ impl Processor {
         let prefix = self.cfg.mqtt.prefix.clone();
         let inputs: Vec<Input> = match decode::route(&prefix, &m.topic) {
             Some(Route::Telemetry { site, charger }) => {
-                metrics::counter!("evlounge_mqtt_messages_total", "kind" => "telemetry").increment(1);
+                metrics::counter!("evlounge_mqtt_messages_total", "kind" => "telemetry")
+                    .increment(1);
                 match decode::telemetry(&m.payload, m.recv_ms) {
                     Ok(d) => {
                         if d.clock_skew {
@@ -374,7 +401,8 @@ impl Processor {
                 }
             }
             Some(Route::Availability { site, charger }) => {
-                metrics::counter!("evlounge_mqtt_messages_total", "kind" => "availability").increment(1);
+                metrics::counter!("evlounge_mqtt_messages_total", "kind" => "availability")
+                    .increment(1);
                 match decode::availability(&m.payload) {
                     Ok(online) => vec![Input::Availability {
                         key: ChargerKey {
@@ -413,7 +441,8 @@ impl Processor {
                 }
             }
             Some(Route::FrontdeskLink { site }) => {
-                metrics::counter!("evlounge_mqtt_messages_total", "kind" => "frontdesk").increment(1);
+                metrics::counter!("evlounge_mqtt_messages_total", "kind" => "frontdesk")
+                    .increment(1);
                 p.frontdesk.push((site.to_string(), m.payload.to_vec()));
                 return;
             }
@@ -434,7 +463,10 @@ impl Processor {
         }
     }
 
-    fn decode_adapters(&mut self, m: &Inbound) -> Option<Result<Vec<Input>, (&'static str, DecodeError)>> {
+    fn decode_adapters(
+        &mut self,
+        m: &Inbound,
+    ) -> Option<Result<Vec<Input>, (&'static str, DecodeError)>> {
         for src in self.adapters.iter_mut() {
             if let Some(r) = src.decode(&m.topic, &m.payload, m.recv_ms) {
                 let name = src.name();
@@ -470,7 +502,8 @@ impl Processor {
                 let before = open_session(slot);
                 let step = slot.machine.step(&slot.meta, ChargerInput::Telemetry(&t));
                 if !step.applied {
-                    metrics::counter!("evlounge_ignored_total", "reason" => "out_of_order").increment(1);
+                    metrics::counter!("evlounge_ignored_total", "reason" => "out_of_order")
+                        .increment(1);
                     return;
                 }
                 slot.last_wall_ms = recv_ms;
@@ -509,7 +542,8 @@ impl Processor {
                 if !self.zones.contains_key(&key) {
                     let meta = self.zone_meta(&key);
                     tracing::info!(site = %key.site, zone = %key.zone, "unknown lounge zone seen; auto-registered");
-                    metrics::counter!("evlounge_auto_registered_total", "kind" => "zone").increment(1);
+                    metrics::counter!("evlounge_auto_registered_total", "kind" => "zone")
+                        .increment(1);
                     self.zones.insert(
                         key.clone(),
                         ZoneSlot {
@@ -523,7 +557,8 @@ impl Processor {
                 };
                 let step = slot.machine.step(&slot.meta, &sensor, &r);
                 if !step.applied {
-                    metrics::counter!("evlounge_ignored_total", "reason" => "out_of_order").increment(1);
+                    metrics::counter!("evlounge_ignored_total", "reason" => "out_of_order")
+                        .increment(1);
                     return;
                 }
                 let live = slot.machine.live(&slot.meta);
@@ -631,7 +666,8 @@ impl Processor {
             metrics::counter!("evlounge_events_total", "kind" => e.kind.as_str()).increment(1);
             let payload = e.to_json().to_string();
             tracing::info!(kind = e.kind.as_str(), event_id = %e.event_id, site = %e.site, subject = %e.charger.as_deref().or(e.zone.as_deref()).unwrap_or(""), "event");
-            self.live.publish_event(*seq, e.kind.as_str(), payload.clone());
+            self.live
+                .publish_event(*seq, e.kind.as_str(), payload.clone());
             if let Some(out) = &self.out {
                 // When the publisher is behind, the event stays unpublished in the store
                 // and its sweep picks it up.
@@ -692,13 +728,20 @@ fn collect(effects: Vec<Effect>, known: &[Option<(String, String)>], p: &mut Pen
         match eff {
             Effect::Event(e) => {
                 let key = e.session_id.as_ref().and_then(|id| {
-                    keys.iter().find(|(sid, _)| sid == id).map(|(_, k)| k.clone())
+                    keys.iter()
+                        .find(|(sid, _)| sid == id)
+                        .map(|(_, k)| k.clone())
                 });
                 p.events.push((e, key));
             }
             Effect::Session(s) => {
-                let opened = !p.sessions.contains_key(&s.session_key) && s.charging_started.is_none() && s.ended.is_none();
-                let entry = p.sessions.entry(s.session_key.clone()).or_insert((s.clone(), opened));
+                let opened = !p.sessions.contains_key(&s.session_key)
+                    && s.charging_started.is_none()
+                    && s.ended.is_none();
+                let entry = p
+                    .sessions
+                    .entry(s.session_key.clone())
+                    .or_insert((s.clone(), opened));
                 entry.0 = s;
             }
         }

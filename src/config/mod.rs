@@ -226,10 +226,7 @@ mod hdur {
 pub const DEFAULT_PATHS: &[&str] = &["/etc/evlounge/evlounge.toml"];
 
 /// Loads and validates: the file (if any), then `EVLOUNGE__…` variables from `env`.
-pub fn load(
-    path: Option<&Path>,
-    env: &[(String, String)],
-) -> Result<Config, ConfigErrors> {
+pub fn load(path: Option<&Path>, env: &[(String, String)]) -> Result<Config, ConfigErrors> {
     let mut builder = config::Config::builder();
     let path = match path {
         Some(p) => Some(p.to_path_buf()),
@@ -245,9 +242,8 @@ pub fn load(
                 reason: format!("file {} not found", p.display()),
             }]));
         }
-        builder = builder.add_source(
-            config::File::from(p.as_path()).format(config::FileFormat::Toml),
-        );
+        builder =
+            builder.add_source(config::File::from(p.as_path()).format(config::FileFormat::Toml));
     }
     let env_map: config::Map<String, String> = env
         .iter()
@@ -311,8 +307,7 @@ pub fn from_toml_str(s: &str) -> Result<Config, ConfigErrors> {
 pub fn is_valid_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
@@ -346,7 +341,10 @@ impl Validator {
             Some(s) => match humantime::parse_duration(s.trim()) {
                 Ok(d) => d,
                 Err(e) => {
-                    self.err(key, format!("invalid duration {s:?}: {e} (use e.g. \"90s\", \"3m\")"));
+                    self.err(
+                        key,
+                        format!("invalid duration {s:?}: {e} (use e.g. \"90s\", \"3m\")"),
+                    );
                     default
                 }
             },
@@ -365,7 +363,12 @@ impl Validator {
     }
 
     /// A secret given inline or as `<key>_file` (never both).
-    fn secret(&mut self, key: &str, inline: &Option<String>, file: &Option<String>) -> Option<Secret> {
+    fn secret(
+        &mut self,
+        key: &str,
+        inline: &Option<String>,
+        file: &Option<String>,
+    ) -> Option<Secret> {
         match (inline, file) {
             (Some(_), Some(_)) => {
                 self.err(key, format!("set either {key} or {key}_file, not both"));
@@ -389,7 +392,13 @@ impl Validator {
                 Some(u)
             }
             Ok(u) => {
-                self.err(key, format!("expected an http:// or https:// URL, got scheme {:?}", u.scheme()));
+                self.err(
+                    key,
+                    format!(
+                        "expected an http:// or https:// URL, got scheme {:?}",
+                        u.scheme()
+                    ),
+                );
                 None
             }
             Err(e) => {
@@ -416,7 +425,10 @@ impl Validator {
             let id = match &s.id {
                 Some(id) if is_valid_id(id) => id.clone(),
                 Some(id) => {
-                    self.err(format!("{key}.id"), format!("{id:?} must match [A-Za-z0-9_-]{{1,64}}"));
+                    self.err(
+                        format!("{key}.id"),
+                        format!("{id:?} must match [A-Za-z0-9_-]{{1,64}}"),
+                    );
                     id.clone()
                 }
                 None => {
@@ -431,7 +443,10 @@ impl Validator {
             let tz = match timezone.parse::<chrono_tz::Tz>() {
                 Ok(tz) => tz,
                 Err(_) => {
-                    self.err(format!("{key}.timezone"), format!("unknown time zone {timezone:?}"));
+                    self.err(
+                        format!("{key}.timezone"),
+                        format!("unknown time zone {timezone:?}"),
+                    );
                     chrono_tz::UTC
                 }
             };
@@ -447,7 +462,10 @@ impl Validator {
                 let cid = match &c.id {
                     Some(cid) if is_valid_id(cid) => cid.clone(),
                     Some(cid) => {
-                        self.err(format!("{ck}.id"), format!("{cid:?} must match [A-Za-z0-9_-]{{1,64}}"));
+                        self.err(
+                            format!("{ck}.id"),
+                            format!("{cid:?} must match [A-Za-z0-9_-]{{1,64}}"),
+                        );
                         cid.clone()
                     }
                     None => {
@@ -456,11 +474,17 @@ impl Validator {
                     }
                 };
                 if !cid.is_empty() && !charger_ids.insert(cid.clone()) {
-                    self.err(format!("{ck}.id"), format!("duplicate charger id {cid:?} in site {id:?}"));
+                    self.err(
+                        format!("{ck}.id"),
+                        format!("duplicate charger id {cid:?} in site {id:?}"),
+                    );
                 }
                 if let Some(kw) = c.max_kw {
                     if !(kw.is_finite() && kw > 0.0 && kw <= 1000.0) {
-                        self.err(format!("{ck}.max_kw"), format!("must be in (0, 1000], got {kw}"));
+                        self.err(
+                            format!("{ck}.max_kw"),
+                            format!("must be in (0, 1000], got {kw}"),
+                        );
                     }
                 }
                 let kind = match c.kind.as_deref() {
@@ -474,7 +498,10 @@ impl Validator {
                     Some("dc") => ChargerKind::Dc,
                     Some("ac") => ChargerKind::Ac,
                     Some(other) => {
-                        self.err(format!("{ck}.kind"), format!("must be \"dc\" or \"ac\", got {other:?}"));
+                        self.err(
+                            format!("{ck}.kind"),
+                            format!("must be \"dc\" or \"ac\", got {other:?}"),
+                        );
                         ChargerKind::Dc
                     }
                 };
@@ -499,7 +526,10 @@ impl Validator {
                 let zid = match &z.id {
                     Some(zid) if is_valid_id(zid) => zid.clone(),
                     Some(zid) => {
-                        self.err(format!("{zk}.id"), format!("{zid:?} must match [A-Za-z0-9_-]{{1,64}}"));
+                        self.err(
+                            format!("{zk}.id"),
+                            format!("{zid:?} must match [A-Za-z0-9_-]{{1,64}}"),
+                        );
                         zid.clone()
                     }
                     None => {
@@ -508,7 +538,10 @@ impl Validator {
                     }
                 };
                 if !zid.is_empty() && !zone_ids.insert(zid.clone()) {
-                    self.err(format!("{zk}.id"), format!("duplicate zone id {zid:?} in site {id:?}"));
+                    self.err(
+                        format!("{zk}.id"),
+                        format!("duplicate zone id {zid:?} in site {id:?}"),
+                    );
                 }
                 let capacity = match z.capacity {
                     None => {
@@ -517,7 +550,10 @@ impl Validator {
                     }
                     Some(c) if c >= 1 && c <= 100_000 => Some(c as u32),
                     Some(c) => {
-                        self.err(format!("{zk}.capacity"), format!("must be between 1 and 100000, got {c}"));
+                        self.err(
+                            format!("{zk}.capacity"),
+                            format!("must be between 1 and 100000, got {c}"),
+                        );
                         None
                     }
                 };
@@ -558,7 +594,10 @@ impl Validator {
 
     fn mqtt(&mut self, m: &raw::RawMqtt) -> MqttConfig {
         self.extra("mqtt", &m.extra);
-        let url = m.url.clone().unwrap_or_else(|| "mqtt://127.0.0.1:1883".into());
+        let url = m
+            .url
+            .clone()
+            .unwrap_or_else(|| "mqtt://127.0.0.1:1883".into());
         let (host, port, tls) = match parse_mqtt_url(&url) {
             Ok(x) => x,
             Err(reason) => {
@@ -567,7 +606,11 @@ impl Validator {
             }
         };
         let prefix = m.prefix.clone().unwrap_or_else(|| "evlounge".into());
-        if prefix.is_empty() || prefix.contains(['+', '#']) || prefix.starts_with('/') || prefix.ends_with('/') {
+        if prefix.is_empty()
+            || prefix.contains(['+', '#'])
+            || prefix.starts_with('/')
+            || prefix.ends_with('/')
+        {
             self.err("mqtt.prefix", format!("{prefix:?} must be a non-empty topic without wildcards or leading/trailing '/'"));
         }
         if let Some(id) = &m.client_id {
@@ -575,10 +618,18 @@ impl Validator {
                 self.err("mqtt.client_id", "must be 1 to 128 characters");
             }
         }
-        let max_payload_bytes = self.positive("mqtt.max_payload_bytes", m.max_payload_bytes, 262_144) as usize;
-        let max_packet_bytes = self.positive("mqtt.max_packet_bytes", m.max_packet_bytes, 16 * 1024 * 1024) as usize;
+        let max_payload_bytes =
+            self.positive("mqtt.max_payload_bytes", m.max_payload_bytes, 262_144) as usize;
+        let max_packet_bytes = self.positive(
+            "mqtt.max_packet_bytes",
+            m.max_packet_bytes,
+            16 * 1024 * 1024,
+        ) as usize;
         if max_packet_bytes < max_payload_bytes {
-            self.err("mqtt.max_packet_bytes", "must be at least mqtt.max_payload_bytes");
+            self.err(
+                "mqtt.max_packet_bytes",
+                "must be at least mqtt.max_payload_bytes",
+            );
         }
         let password = self.secret("mqtt.password", &m.password, &m.password_file);
         if password.is_some() && m.username.is_none() {
@@ -595,7 +646,10 @@ impl Validator {
         let client_cert_file = file("mqtt.client_cert_file", &m.client_cert_file);
         let client_key_file = file("mqtt.client_key_file", &m.client_key_file);
         if client_cert_file.is_some() != client_key_file.is_some() {
-            self.err("mqtt.client_key_file", "client_cert_file and client_key_file go together");
+            self.err(
+                "mqtt.client_key_file",
+                "client_cert_file and client_key_file go together",
+            );
         }
         if (ca_file.is_some() || client_cert_file.is_some()) && !tls {
             self.err("mqtt.url", "TLS files are set but the URL is not mqtts://");
@@ -604,8 +658,11 @@ impl Validator {
         if keep_alive < Duration::from_secs(5) {
             self.err("mqtt.keep_alive", "must be at least 5s");
         }
-        let state_min_interval =
-            self.duration("mqtt.state_min_interval", &m.state_min_interval, Duration::from_secs(1));
+        let state_min_interval = self.duration(
+            "mqtt.state_min_interval",
+            &m.state_min_interval,
+            Duration::from_secs(1),
+        );
         MqttConfig {
             url,
             host,
@@ -632,13 +689,19 @@ impl Validator {
         let listen = match listen_s.parse::<SocketAddr>() {
             Ok(a) => a,
             Err(_) => {
-                self.err("http.listen", format!("{listen_s:?} is not an address like 127.0.0.1:8080"));
+                self.err(
+                    "http.listen",
+                    format!("{listen_s:?} is not an address like 127.0.0.1:8080"),
+                );
                 SocketAddr::from(([127, 0, 0, 1], 8080))
             }
         };
         let staff_token = self.secret("http.staff_token", &h.staff_token, &h.staff_token_file);
         if staff_token.is_none() && !listen.ip().is_loopback() {
-            self.err("http.staff_token", "required when http.listen is not a loopback address");
+            self.err(
+                "http.staff_token",
+                "required when http.listen is not a loopback address",
+            );
         }
         let public_url = match &h.public_url {
             Some(u) => {
@@ -653,7 +716,10 @@ impl Validator {
             .unwrap_or_else(|| vec!["email".into(), "ntfy".into()]);
         for (i, c) in guest_channels.iter().enumerate() {
             if !["email", "ntfy", "webhook", "mqtt"].contains(&c.as_str()) {
-                self.err(format!("http.guest_channels[{i}]"), format!("unknown channel {c:?}"));
+                self.err(
+                    format!("http.guest_channels[{i}]"),
+                    format!("unknown channel {c:?}"),
+                );
             }
         }
         HttpConfig {
@@ -670,7 +736,10 @@ impl Validator {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
             Some(o) => {
-                self.err("log.format", format!("must be \"text\" or \"json\", got {o:?}"));
+                self.err(
+                    "log.format",
+                    format!("must be \"text\" or \"json\", got {o:?}"),
+                );
                 LogFormat::Text
             }
         };
@@ -686,7 +755,11 @@ impl Validator {
         let token = self.secret("influx.token", &i.token, &i.token_file);
         let spool_max_bytes = self.positive("influx.spool_max_bytes", i.spool_max_bytes, 1 << 30);
         let batch_lines = self.positive("influx.batch_lines", i.batch_lines, 5000) as usize;
-        let flush_interval = self.duration("influx.flush_interval", &i.flush_interval, Duration::from_secs(1));
+        let flush_interval = self.duration(
+            "influx.flush_interval",
+            &i.flush_interval,
+            Duration::from_secs(1),
+        );
         let timeout = self.duration("influx.timeout", &i.timeout, Duration::from_secs(10));
         let url_s = i.url.as_ref()?;
         let url = self.http_url("influx.url", url_s);
@@ -701,7 +774,10 @@ impl Validator {
         let token = match token {
             Some(t) => t,
             None => {
-                self.err("influx.token", "required when influx.url is set (or influx.token_file)");
+                self.err(
+                    "influx.token",
+                    "required when influx.url is set (or influx.token_file)",
+                );
                 Secret::new("")
             }
         };
@@ -779,20 +855,34 @@ impl Validator {
                 password,
             })
         });
-        let retention = self.duration("notify.retention", &n.retention, Duration::from_secs(30 * 86400));
+        let retention = self.duration(
+            "notify.retention",
+            &n.retention,
+            Duration::from_secs(30 * 86400),
+        );
         let max_attempts = self.positive("notify.max_attempts", n.max_attempts, 10) as u32;
         let max_age = self.duration("notify.max_age", &n.max_age, Duration::from_secs(3600));
-        let attempt_timeout = self.duration("notify.attempt_timeout", &n.attempt_timeout, Duration::from_secs(10));
+        let attempt_timeout = self.duration(
+            "notify.attempt_timeout",
+            &n.attempt_timeout,
+            Duration::from_secs(10),
+        );
         let templates_dir = n.templates_dir.as_ref().map(PathBuf::from);
         if let Some(d) = &templates_dir {
             if !d.is_dir() {
-                self.err("notify.templates_dir", format!("directory {} not found", d.display()));
+                self.err(
+                    "notify.templates_dir",
+                    format!("directory {} not found", d.display()),
+                );
             }
         }
         let directory_file = n.directory_file.as_ref().map(PathBuf::from);
         if let Some(f) = &directory_file {
             if !f.is_file() {
-                self.err("notify.directory_file", format!("file {} not found", f.display()));
+                self.err(
+                    "notify.directory_file",
+                    format!("file {} not found", f.display()),
+                );
             }
         }
         NotifySettings {
@@ -813,11 +903,23 @@ impl Validator {
         self.extra(key, &t.extra);
         let ms = |d: Duration| d.as_millis() as i64;
         let mut d = |name: &str, v: &Option<String>, cur: i64| -> i64 {
-            ms(self.duration(&format!("{key}.{name}"), v, Duration::from_millis(cur.max(0) as u64)))
+            ms(self.duration(
+                &format!("{key}.{name}"),
+                v,
+                Duration::from_millis(cur.max(0) as u64),
+            ))
         };
-        let suspended_ev_grace_ms = d("suspended_ev_grace", &t.suspended_ev_grace, base.suspended_ev_grace_ms);
+        let suspended_ev_grace_ms = d(
+            "suspended_ev_grace",
+            &t.suspended_ev_grace,
+            base.suspended_ev_grace_ms,
+        );
         let low_power_for_ms = d("low_power_for", &t.low_power_for, base.low_power_for_ms);
-        let nearly_complete_eta_ms = d("nearly_complete_eta", &t.nearly_complete_eta, base.nearly_complete_eta_ms);
+        let nearly_complete_eta_ms = d(
+            "nearly_complete_eta",
+            &t.nearly_complete_eta,
+            base.nearly_complete_eta_ms,
+        );
         let idle_after_ms = d("idle_after", &t.idle_after, base.idle_after_ms);
         let no_power_after_ms = d("no_power_after", &t.no_power_after, base.no_power_after_ms);
         let offline_after_ms = d("offline_after", &t.offline_after, base.offline_after_ms);
@@ -827,7 +929,10 @@ impl Validator {
             Some(s) => match humantime::parse_duration(s) {
                 Ok(d) if !d.is_zero() => Some(ms(d)),
                 _ => {
-                    self.err(format!("{key}.idle_repeat"), format!("{s:?} must be a duration such as \"15m\" or \"never\""));
+                    self.err(
+                        format!("{key}.idle_repeat"),
+                        format!("{s:?} must be a duration such as \"15m\" or \"never\""),
+                    );
                     base.idle_repeat_ms
                 }
             },
@@ -837,7 +942,10 @@ impl Validator {
                 None => cur,
                 Some(x) if x.is_finite() && x >= 0.0 && x <= 1000.0 => x,
                 Some(x) => {
-                    self.err(format!("{key}.{name}"), format!("must be between 0 and 1000, got {x}"));
+                    self.err(
+                        format!("{key}.{name}"),
+                        format!("must be between 0 and 1000, got {x}"),
+                    );
                     cur
                 }
             }
@@ -847,7 +955,10 @@ impl Validator {
         let lounge_full_pct = kw("lounge_full_pct", t.lounge_full_pct, base.lounge_full_pct);
         let lounge_free_pct = kw("lounge_free_pct", t.lounge_free_pct, base.lounge_free_pct);
         if lounge_free_pct >= lounge_full_pct {
-            self.err(format!("{key}.lounge_free_pct"), format!("must be below lounge_full_pct ({lounge_full_pct})"));
+            self.err(
+                format!("{key}.lounge_free_pct"),
+                format!("must be below lounge_full_pct ({lounge_full_pct})"),
+            );
         }
         if offline_after_ms < 5_000 {
             self.err(format!("{key}.offline_after"), "must be at least 5s");

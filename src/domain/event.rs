@@ -220,12 +220,32 @@ mod tests {
 
     #[test]
     fn event_id_is_stable_and_16_hex() {
-        let a = event_id("milano", "hpc-3", "T-18421795547378380", EventKind::ChargingComplete, 1);
-        let b = event_id("milano", "hpc-3", "T-18421795547378380", EventKind::ChargingComplete, 1);
+        let a = event_id(
+            "milano",
+            "hpc-3",
+            "T-18421795547378380",
+            EventKind::ChargingComplete,
+            1,
+        );
+        let b = event_id(
+            "milano",
+            "hpc-3",
+            "T-18421795547378380",
+            EventKind::ChargingComplete,
+            1,
+        );
         assert_eq!(a, b);
         assert_eq!(a.len(), 16);
-        assert!(a.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
-        let c = event_id("milano", "hpc-3", "T-18421795547378380", EventKind::IdleBlocking, 2);
+        assert!(a
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        let c = event_id(
+            "milano",
+            "hpc-3",
+            "T-18421795547378380",
+            EventKind::IdleBlocking,
+            2,
+        );
         assert_ne!(a, c);
     }
 
@@ -234,7 +254,13 @@ mod tests {
         let s = "milano|hpc-3|T-1842100|charging_complete|1";
         let full = hex::encode(Sha256::digest(s.as_bytes()));
         assert_eq!(
-            event_id("milano", "hpc-3", "T-1842100", EventKind::ChargingComplete, 1),
+            event_id(
+                "milano",
+                "hpc-3",
+                "T-1842100",
+                EventKind::ChargingComplete,
+                1
+            ),
             full[..16]
         );
     }

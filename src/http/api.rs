@@ -94,11 +94,7 @@ pub struct SessionsQuery {
 }
 
 pub fn bad_request(msg: impl Into<String>) -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        Json(json!({"error": msg.into()})),
-    )
-        .into_response()
+    (StatusCode::BAD_REQUEST, Json(json!({"error": msg.into()}))).into_response()
 }
 
 /// `from`/`to` as RFC 3339 or epoch milliseconds.
@@ -112,7 +108,11 @@ pub fn parse_time(name: &str, v: &Option<String>) -> Result<Option<i64>, Respons
     }
 }
 
-async fn sessions(State(st): State<AppState>, headers: HeaderMap, Query(q): Query<SessionsQuery>) -> Response {
+async fn sessions(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<SessionsQuery>,
+) -> Response {
     if !st.is_staff(&headers) {
         return unauthorized();
     }
@@ -146,7 +146,11 @@ async fn sessions(State(st): State<AppState>, headers: HeaderMap, Query(q): Quer
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             tracing::error!(error = %e, "sessions query failed");
-            return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "store unavailable"}))).into_response();
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"error": "store unavailable"})),
+            )
+                .into_response();
         }
         Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     };
@@ -176,7 +180,10 @@ async fn sessions(State(st): State<AppState>, headers: HeaderMap, Query(q): Quer
         return (
             [
                 (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
-                (header::CONTENT_DISPOSITION, "attachment; filename=\"sessions.csv\""),
+                (
+                    header::CONTENT_DISPOSITION,
+                    "attachment; filename=\"sessions.csv\"",
+                ),
             ],
             out,
         )

@@ -32,14 +32,41 @@ pub fn handle() -> PrometheusHandle {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
-    describe_counter!("evlounge_mqtt_messages_total", "Inbound messages handled, by kind");
-    describe_counter!("evlounge_decode_errors_total", "Rejected inbound messages, by reason and adapter");
-    describe_counter!("evlounge_mqtt_reconnects_total", "Failed broker connection attempts");
-    describe_counter!("evlounge_events_total", "Events decided and committed, by kind");
-    describe_counter!("evlounge_notifications_total", "Notification outcomes, by channel and outcome");
-    describe_counter!("evlounge_tsdb_points_written_total", "Points acknowledged by the TSDB");
-    describe_gauge!("evlounge_tsdb_spool_bytes", "Bytes waiting in the time-series spool");
-    describe_gauge!("evlounge_ingest_queue_depth", "Messages waiting for the commit thread");
-    describe_histogram!("evlounge_processing_latency_seconds", "Receive to commit, per message");
+    describe_counter!(
+        "evlounge_mqtt_messages_total",
+        "Inbound messages handled, by kind"
+    );
+    describe_counter!(
+        "evlounge_decode_errors_total",
+        "Rejected inbound messages, by reason and adapter"
+    );
+    describe_counter!(
+        "evlounge_mqtt_reconnects_total",
+        "Failed broker connection attempts"
+    );
+    describe_counter!(
+        "evlounge_events_total",
+        "Events decided and committed, by kind"
+    );
+    describe_counter!(
+        "evlounge_notifications_total",
+        "Notification outcomes, by channel and outcome"
+    );
+    describe_counter!(
+        "evlounge_tsdb_points_written_total",
+        "Points acknowledged by the TSDB"
+    );
+    describe_gauge!(
+        "evlounge_tsdb_spool_bytes",
+        "Bytes waiting in the time-series spool"
+    );
+    describe_gauge!(
+        "evlounge_ingest_queue_depth",
+        "Messages waiting for the commit thread"
+    );
+    describe_histogram!(
+        "evlounge_processing_latency_seconds",
+        "Receive to commit, per message"
+    );
     describe_histogram!("evlounge_batch_seconds", "Commit thread time per batch");
 }

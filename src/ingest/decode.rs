@@ -121,7 +121,9 @@ fn check(name: &str, v: Option<f64>, lo: f64, hi: f64) -> Result<Option<f64>, De
 
 fn short_text(name: &str, v: Option<Cow<'_, str>>) -> Result<Option<String>, DecodeError> {
     match v {
-        Some(s) if s.len() > 128 => Err(DecodeError::InvalidField(format!("{name} longer than 128"))),
+        Some(s) if s.len() > 128 => {
+            Err(DecodeError::InvalidField(format!("{name} longer than 128")))
+        }
         Some(s) if s.is_empty() => Ok(None),
         Some(s) => Ok(Some(s.into_owned())),
         None => Ok(None),
@@ -192,7 +194,9 @@ struct RawLounge<'a> {
 fn count(name: &str, v: Option<f64>) -> Result<Option<u32>, DecodeError> {
     match v {
         None => Ok(None),
-        Some(x) if x.fract() != 0.0 => Err(DecodeError::InvalidField(format!("{name} = {x} is not a whole number"))),
+        Some(x) if x.fract() != 0.0 => Err(DecodeError::InvalidField(format!(
+            "{name} = {x} is not a whole number"
+        ))),
         Some(x) if !(0.0..=100_000.0).contains(&x) => Err(DecodeError::OutOfRange(format!(
             "{name} = {x} (expected 0..=100000)"
         ))),
@@ -223,10 +227,22 @@ pub fn lounge(payload: &[u8], recv_ms: TsMs) -> Result<Decoded<LoungeReading>, D
 /// Where a message on the contract's own topics goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Route<'a> {
-    Telemetry { site: &'a str, charger: &'a str },
-    Availability { site: &'a str, charger: &'a str },
-    Lounge { site: &'a str, zone: &'a str, sensor: &'a str },
-    FrontdeskLink { site: &'a str },
+    Telemetry {
+        site: &'a str,
+        charger: &'a str,
+    },
+    Availability {
+        site: &'a str,
+        charger: &'a str,
+    },
+    Lounge {
+        site: &'a str,
+        zone: &'a str,
+        sensor: &'a str,
+    },
+    FrontdeskLink {
+        site: &'a str,
+    },
 }
 
 /// Routes `{prefix}/{site}/…` topics; `None` for anything else.
@@ -257,14 +273,18 @@ mod tests {
 
     #[test]
     fn full_telemetry_rfc3339() {
-        let p = br#"{"ts": "2026-11-24T10:15:00.120Z", "status": "charging", "session_id": "T-1842",
+        let p =
+            br#"{"ts": "2026-11-24T10:15:00.120Z", "status": "charging", "session_id": "T-1842",
  "id_tag": "04A2B3C4", "vehicle": "Taycan 4S", "power_kw": 148.2,
  "meter_kwh": 10233.4, "session_kwh": 23.4, "soc_pct": 61.0, "target_soc_pct": 80,
  "voltage_v": 781.0, "current_a": 189.8, "temperature_c": 41.0, "extra": {"x": [1]}}"#;
         let d = telemetry(p, NOW + 10_000_000_000).unwrap();
         let t = d.value;
         assert!(!d.clock_skew);
-        assert_eq!(t.ts, crate::util::time::parse_rfc3339_ms("2026-11-24T10:15:00.120Z").unwrap());
+        assert_eq!(
+            t.ts,
+            crate::util::time::parse_rfc3339_ms("2026-11-24T10:15:00.120Z").unwrap()
+        );
         assert_eq!(t.status, Some(ChargerStatus::Charging));
         assert_eq!(t.session_id.as_deref(), Some("T-1842"));
         assert_eq!(t.id_tag.as_deref(), Some("04A2B3C4"));
@@ -306,7 +326,10 @@ mod tests {
         let p = format!(r#"{{"ts": {}, "status": "charging"}}"#, NOW + 4 * 60_000);
         assert!(!telemetry(p.as_bytes(), NOW).unwrap().clock_skew);
         let p = format!(r#"{{"ts": {}, "status": "charging"}}"#, NOW - 86_400_000);
-        assert_eq!(telemetry(p.as_bytes(), NOW).unwrap().value.ts, NOW - 86_400_000);
+        assert_eq!(
+            telemetry(p.as_bytes(), NOW).unwrap().value.ts,
+            NOW - 86_400_000
+        );
     }
 
     #[test]
@@ -315,22 +338,46 @@ mod tests {
             (b"{not json", "invalid_json"),
             (b"", "invalid_json"),
             (b"\xff\xfe", "invalid_json"),
-            (br#"{"status": "charging", "power_kw": NaN}"#, "invalid_json"),
+            (
+                br#"{"status": "charging", "power_kw": NaN}"#,
+                "invalid_json",
+            ),
             (br#"[1,2,3]"#, "invalid_field"),
             (br#"{"power_kw": 10}"#, "invalid_field"),
             (br#"{"status": "charging_hard"}"#, "invalid_field"),
             (br#"{"status": 3}"#, "invalid_field"),
-            (br#"{"status": "charging", "power_kw": "fast"}"#, "invalid_field"),
-            (br#"{"status": "charging", "ts": "yesterday"}"#, "invalid_field"),
+            (
+                br#"{"status": "charging", "power_kw": "fast"}"#,
+                "invalid_field",
+            ),
+            (
+                br#"{"status": "charging", "ts": "yesterday"}"#,
+                "invalid_field",
+            ),
             (br#"{"status": "charging", "ts": true}"#, "invalid_field"),
             (br#"{"status": "charging", "soc_pct": 101}"#, "out_of_range"),
             (br#"{"status": "charging", "soc_pct": -1}"#, "out_of_range"),
-            (br#"{"status": "charging", "session_kwh": -3}"#, "out_of_range"),
-            (br#"{"status": "charging", "meter_kwh": -3}"#, "out_of_range"),
-            (br#"{"status": "charging", "power_kw": 1e9}"#, "out_of_range"),
-            (br#"{"status": "charging", "power_kw": 1e999}"#, "out_of_range"),
+            (
+                br#"{"status": "charging", "session_kwh": -3}"#,
+                "out_of_range",
+            ),
+            (
+                br#"{"status": "charging", "meter_kwh": -3}"#,
+                "out_of_range",
+            ),
+            (
+                br#"{"status": "charging", "power_kw": 1e9}"#,
+                "out_of_range",
+            ),
+            (
+                br#"{"status": "charging", "power_kw": 1e999}"#,
+                "out_of_range",
+            ),
             (br#"{"status": "charging", "ts": -5}"#, "out_of_range"),
-            (br#"{"status": "charging", "target_soc_pct": 180}"#, "out_of_range"),
+            (
+                br#"{"status": "charging", "target_soc_pct": 180}"#,
+                "out_of_range",
+            ),
         ];
         for (p, reason) in cases {
             let e = telemetry(p, NOW).expect_err(&String::from_utf8_lossy(p));
@@ -344,7 +391,10 @@ mod tests {
         assert_eq!(availability(b"offline\n"), Ok(false));
         assert_eq!(availability(br#""online""#), Ok(true));
         assert_eq!(availability(b"OFFLINE"), Ok(false));
-        assert_eq!(availability(b"maybe").unwrap_err().reason(), "invalid_field");
+        assert_eq!(
+            availability(b"maybe").unwrap_err().reason(),
+            "invalid_field"
+        );
         assert_eq!(availability(b"\xff").unwrap_err().reason(), "invalid_field");
     }
 
@@ -366,10 +416,24 @@ mod tests {
         assert_eq!(r.temperature_c, Some(22.5));
         assert_eq!(r.humidity_pct, Some(41.0));
         assert_eq!(lounge(br#"{}"#, NOW).unwrap().value.ts, NOW);
-        assert_eq!(lounge(br#"{"occupancy": -2}"#, NOW).unwrap_err().reason(), "out_of_range");
-        assert_eq!(lounge(br#"{"occupancy": 2.5}"#, NOW).unwrap_err().reason(), "invalid_field");
-        assert_eq!(lounge(br#"{"humidity_pct": 140}"#, NOW).unwrap_err().reason(), "out_of_range");
-        assert_eq!(lounge(br#"{"presence": "yes"}"#, NOW).unwrap_err().reason(), "invalid_field");
+        assert_eq!(
+            lounge(br#"{"occupancy": -2}"#, NOW).unwrap_err().reason(),
+            "out_of_range"
+        );
+        assert_eq!(
+            lounge(br#"{"occupancy": 2.5}"#, NOW).unwrap_err().reason(),
+            "invalid_field"
+        );
+        assert_eq!(
+            lounge(br#"{"humidity_pct": 140}"#, NOW)
+                .unwrap_err()
+                .reason(),
+            "out_of_range"
+        );
+        assert_eq!(
+            lounge(br#"{"presence": "yes"}"#, NOW).unwrap_err().reason(),
+            "invalid_field"
+        );
         assert_eq!(lounge(b"nope", NOW).unwrap_err().reason(), "invalid_json");
     }
 
@@ -377,23 +441,48 @@ mod tests {
     fn routes() {
         assert_eq!(
             route("evlounge", "evlounge/milano/charger/hpc-3/telemetry"),
-            Some(Route::Telemetry { site: "milano", charger: "hpc-3" })
+            Some(Route::Telemetry {
+                site: "milano",
+                charger: "hpc-3"
+            })
         );
         assert_eq!(
             route("evlounge", "evlounge/milano/charger/hpc-3/availability"),
-            Some(Route::Availability { site: "milano", charger: "hpc-3" })
+            Some(Route::Availability {
+                site: "milano",
+                charger: "hpc-3"
+            })
         );
         assert_eq!(
             route("evlounge", "evlounge/milano/lounge/lounge/door-1"),
-            Some(Route::Lounge { site: "milano", zone: "lounge", sensor: "door-1" })
+            Some(Route::Lounge {
+                site: "milano",
+                zone: "lounge",
+                sensor: "door-1"
+            })
         );
         assert_eq!(
             route("evlounge", "evlounge/milano/frontdesk/link"),
             Some(Route::FrontdeskLink { site: "milano" })
         );
-        assert_eq!(route("evlounge", "evlounge/milano/charger/hpc-3/other"), None);
-        assert_eq!(route("evlounge", "evloungex/milano/charger/a/telemetry"), None);
-        assert_eq!(route("evlounge", "evlounge/mi lano/charger/a/telemetry"), None);
-        assert_eq!(route("a/b", "a/b/s/charger/c/telemetry"), Some(Route::Telemetry { site: "s", charger: "c" }));
+        assert_eq!(
+            route("evlounge", "evlounge/milano/charger/hpc-3/other"),
+            None
+        );
+        assert_eq!(
+            route("evlounge", "evloungex/milano/charger/a/telemetry"),
+            None
+        );
+        assert_eq!(
+            route("evlounge", "evlounge/mi lano/charger/a/telemetry"),
+            None
+        );
+        assert_eq!(
+            route("a/b", "a/b/s/charger/c/telemetry"),
+            Some(Route::Telemetry {
+                site: "s",
+                charger: "c"
+            })
+        );
     }
 }

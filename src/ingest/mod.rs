@@ -13,7 +13,12 @@ pub trait SourceDecoder: Send {
     /// The MQTT subscription filter.
     fn filter(&self) -> String;
     /// `None` when the topic is not this source's; otherwise the decoded inputs.
-    fn decode(&mut self, topic: &str, payload: &[u8], recv_ms: i64) -> Option<Result<Vec<Input>, DecodeError>>;
+    fn decode(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        recv_ms: i64,
+    ) -> Option<Result<Vec<Input>, DecodeError>>;
 }
 
 pub type Source = Box<dyn SourceDecoder>;

@@ -118,9 +118,11 @@ fn tls_config(cfg: &MqttConfig) -> anyhow::Result<rustls::ClientConfig> {
     let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
     let config = match (&cfg.client_cert_file, &cfg.client_key_file) {
         (Some(c), Some(k)) => {
-            let cp = std::fs::read(c).with_context(|| format!("mqtt.client_cert_file {}", c.display()))?;
+            let cp = std::fs::read(c)
+                .with_context(|| format!("mqtt.client_cert_file {}", c.display()))?;
             let certs = rustls_pemfile::certs(&mut cp.as_slice()).collect::<Result<Vec<_>, _>>()?;
-            let kp = std::fs::read(k).with_context(|| format!("mqtt.client_key_file {}", k.display()))?;
+            let kp = std::fs::read(k)
+                .with_context(|| format!("mqtt.client_key_file {}", k.display()))?;
             let key = rustls_pemfile::private_key(&mut kp.as_slice())?
                 .context("mqtt.client_key_file: no private key")?;
             builder.with_client_auth_cert(certs, key)?
@@ -176,7 +178,11 @@ pub struct Ingest {
 }
 
 /// Creates the client and its event loop (nothing connects until [`Ingest::run`]).
-pub fn connect(cfg: &MqttConfig, client_id: &str, extra_filters: &[String]) -> anyhow::Result<Ingest> {
+pub fn connect(
+    cfg: &MqttConfig,
+    client_id: &str,
+    extra_filters: &[String],
+) -> anyhow::Result<Ingest> {
     let opts = options(cfg, client_id)?;
     // Large request queue: acks and publishes never wait on the event loop in practice.
     let (client, eventloop) = AsyncClient::new(opts, 65_536);
@@ -197,7 +203,11 @@ pub fn connect(cfg: &MqttConfig, client_id: &str, extra_filters: &[String]) -> a
 impl Ingest {
     /// Polls until `stop` turns true. Every publish goes to `tx` (a bounded channel:
     /// when the commit thread is slow we stop polling, and the broker holds the rest).
-    pub async fn run(mut self, tx: flume::Sender<Inbound>, mut stop: watch::Receiver<bool>) -> EventLoop {
+    pub async fn run(
+        mut self,
+        tx: flume::Sender<Inbound>,
+        mut stop: watch::Receiver<bool>,
+    ) -> EventLoop {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
         let mut outage_since: Option<Instant> = None;
         let mut connected_at: Option<Instant> = None;
@@ -236,7 +246,12 @@ impl Ingest {
                             }
                         }
                     }
-                    let _ = client.try_publish(status_topic(&self.prefix), QoS::AtLeastOnce, true, "online");
+                    let _ = client.try_publish(
+                        status_topic(&self.prefix),
+                        QoS::AtLeastOnce,
+                        true,
+                        "online",
+                    );
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     if let Some(at) = connected_at {

@@ -79,7 +79,11 @@ impl MqttOut {
         states: &mut HashMap<String, StateSlot>,
     ) {
         match m {
-            OutMsg::Event { seq, topic, payload } => {
+            OutMsg::Event {
+                seq,
+                topic,
+                payload,
+            } => {
                 if published.contains(&seq) || !self.handle.is_connected() {
                     // Not connected: the sweep publishes it after the reconnect.
                     return;
@@ -121,7 +125,12 @@ impl MqttOut {
         }
     }
 
-    fn mark(&self, conn: &std::sync::Mutex<rusqlite::Connection>, seqs: &[i64], published: &mut BTreeSet<i64>) {
+    fn mark(
+        &self,
+        conn: &std::sync::Mutex<rusqlite::Connection>,
+        seqs: &[i64],
+        published: &mut BTreeSet<i64>,
+    ) {
         let r = match conn.lock() {
             Ok(c) => store::mark_published(&c, seqs),
             Err(_) => return,
@@ -135,7 +144,11 @@ impl MqttOut {
         }
     }
 
-    async fn sweep(&self, conn: &std::sync::Mutex<rusqlite::Connection>, published: &mut BTreeSet<i64>) {
+    async fn sweep(
+        &self,
+        conn: &std::sync::Mutex<rusqlite::Connection>,
+        published: &mut BTreeSet<i64>,
+    ) {
         loop {
             let r = match conn.lock() {
                 Ok(c) => store::unpublished_events(&c, 500),
@@ -158,7 +171,10 @@ impl MqttOut {
                     continue;
                 }
                 let topic = format!("{}/{}/events/{}", self.prefix, ev.site, ev.kind);
-                if !self.publish(topic, ev.payload.clone().into_bytes(), false).await {
+                if !self
+                    .publish(topic, ev.payload.clone().into_bytes(), false)
+                    .await
+                {
                     break;
                 }
                 done.push(ev.seq);

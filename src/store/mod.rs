@@ -119,7 +119,11 @@ pub fn open_writer(data_dir: &Path) -> Result<Connection, StoreError> {
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let done: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    let all: Vec<&str> = MIGRATIONS.iter().copied().chain(extra_migrations()).collect();
+    let all: Vec<&str> = MIGRATIONS
+        .iter()
+        .copied()
+        .chain(extra_migrations())
+        .collect();
     let tx = conn.transaction()?;
     for (i, sql) in all.iter().enumerate() {
         if (i as i64) < done {
@@ -271,7 +275,11 @@ pub fn unpublished_events(conn: &Connection, limit: usize) -> rusqlite::Result<V
     rows.collect()
 }
 
-pub fn events_after(conn: &Connection, seq: i64, limit: usize) -> rusqlite::Result<Vec<StoredEvent>> {
+pub fn events_after(
+    conn: &Connection,
+    seq: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<StoredEvent>> {
     let mut st = conn.prepare_cached(
         "SELECT seq, event_id, kind, site, payload FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
     )?;

@@ -72,7 +72,12 @@ pub fn sessions(conn: &Connection, f: &SessionFilter) -> rusqlite::Result<Vec<Se
 }
 
 /// Sessions overlapping `[from, to)` (for usage statistics), oldest first.
-pub fn sessions_overlapping(conn: &Connection, site: Option<&str>, from: i64, to: i64) -> rusqlite::Result<Vec<SessionRecord>> {
+pub fn sessions_overlapping(
+    conn: &Connection,
+    site: Option<&str>,
+    from: i64,
+    to: i64,
+) -> rusqlite::Result<Vec<SessionRecord>> {
     let mut sql = format!(
         "SELECT {SESSION_COLS} FROM sessions WHERE started < ?1 AND (ended IS NULL OR ended > ?2)"
     );

@@ -1,10 +1,11 @@
-//! Secrets (passwords, tokens): never printed, never logged.
+//! Values that must never reach a log: secrets (tokens, passwords) and personal data.
 
 use std::fmt;
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// A secret value whose `Debug`, `Display` and `Serialize` print `***`.
+/// A secret from config (password, token, HMAC key). `Debug`/`Display` print `***`, so a
+/// config struct can derive `Debug` and be logged or printed by `config check` safely.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
@@ -13,7 +14,7 @@ impl Secret {
         Secret(s.into())
     }
 
-    /// The secret itself: only where it is sent to the party it belongs to.
+    /// The secret itself, for the one place that needs it (an auth header, an HMAC key).
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -31,15 +32,51 @@ impl fmt::Display for Secret {
     }
 }
 
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Secret(s)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Secret(s.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
+}
+
+/// Serialises as `***`: a secret written back out (effective config) stays hidden.
 impl Serialize for Secret {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str("***")
     }
 }
 
-/// Personal data (guest addresses, names): printed as `***` in logs and debug output.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Redacted<T>(pub T);
+/// Personal data (a guest's address or name). `Debug`/`Display` print `***` so it can sit
+/// in structs that are logged; the value is reached only through [`Redacted::expose`].
+/// It serialises transparently: the only JSON that carries it is the guest's own link view
+/// and the bodies sent to that guest's channel.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Redacted<T>(T);
+
+impl<T> Redacted<T> {
+    pub fn new(v: T) -> Self {
+        Redacted(v)
+    }
+
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+
+    pub fn into_inner(self) -> T {
+        self.0
+    }
+}
 
 impl<T> fmt::Debug for Redacted<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -53,17 +90,30 @@ impl<T> fmt::Display for Redacted<T> {
     }
 }
 
+impl<T: Serialize> Serialize for Redacted<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Redacted<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        T::deserialize(d).map(Redacted)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn never_shows_the_value() {
+    fn secrets_and_personal_data_print_masked() {
         let s = Secret::new("hunter2");
         assert_eq!(format!("{s:?} {s}"), "*** ***");
-        assert_eq!(serde_json::to_string(&s).unwrap(), "\"***\"");
         assert_eq!(s.expose(), "hunter2");
-        let r = Redacted("guest@example.com");
-        assert_eq!(format!("{r:?} {r}"), "*** ***");
+        assert_eq!(serde_json::to_string(&s).unwrap(), "\"***\"");
+        let a = Redacted::new("guest@example.com".to_string());
+        assert_eq!(format!("{a:?} {a}"), "*** ***");
+        assert_eq!(a.expose(), "guest@example.com");
     }
 }

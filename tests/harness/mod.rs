@@ -84,7 +84,11 @@ impl Mosquitto {
     }
 
     fn spawn(&mut self) {
-        assert!(self.try_spawn(), "mosquitto did not restart on port {}", self.port);
+        assert!(
+            self.try_spawn(),
+            "mosquitto did not restart on port {}",
+            self.port
+        );
     }
 
     /// Starts Mosquitto; false when it exited (its port was taken).
@@ -113,12 +117,18 @@ impl Mosquitto {
             .expect("mosquitto must be installed (apt-get install mosquitto)");
         let port = self.port;
         let mut child = child;
-        let up = wait_for("mosquitto to accept connections", Duration::from_secs(10), || {
-            if !matches!(child.try_wait(), Ok(None)) {
-                return Some(false);
-            }
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| true)
-        });
+        let up = wait_for(
+            "mosquitto to accept connections",
+            Duration::from_secs(10),
+            || {
+                if !matches!(child.try_wait(), Ok(None)) {
+                    return Some(false);
+                }
+                std::net::TcpStream::connect(("127.0.0.1", port))
+                    .ok()
+                    .map(|_| true)
+            },
+        );
         // Connected, but is it ours? A process that exited lost the port to another.
         let ours = up && matches!(child.try_wait(), Ok(None));
         if ours {
@@ -297,7 +307,12 @@ pub fn http_get(url: &str, bearer: Option<&str>) -> Option<(u16, String)> {
     http_request("GET", url, bearer, None)
 }
 
-pub fn http_request(method: &str, url: &str, bearer: Option<&str>, body: Option<&str>) -> Option<(u16, String)> {
+pub fn http_request(
+    method: &str,
+    url: &str,
+    bearer: Option<&str>,
+    body: Option<&str>,
+) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let rest = url.strip_prefix("http://")?;
     let (host, path) = match rest.find('/') {
@@ -311,7 +326,10 @@ pub fn http_request(method: &str, url: &str, bearer: Option<&str>, body: Option<
         req.push_str(&format!("Authorization: Bearer {t}\r\n"));
     }
     if let Some(b) = body {
-        req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", b.len()));
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        ));
     }
     req.push_str("\r\n");
     if let Some(b) = body {
@@ -323,7 +341,10 @@ pub fn http_request(method: &str, url: &str, bearer: Option<&str>, body: Option<
     let text = String::from_utf8_lossy(&buf).into_owned();
     let (head, body) = text.split_once("\r\n\r\n")?;
     let code: u16 = head.split_whitespace().nth(1)?.parse().ok()?;
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(body)
     } else {
         body.to_string()
@@ -334,7 +355,9 @@ pub fn http_request(method: &str, url: &str, bearer: Option<&str>, body: Option<
 fn dechunk(mut s: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
         if n == 0 || rest.len() < n {
             break;
         }
@@ -402,7 +425,9 @@ impl MqttClient {
                         a.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     }
                     Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
-                        r.lock().unwrap().push((p.topic.clone(), p.payload.to_vec(), p.retain));
+                        r.lock()
+                            .unwrap()
+                            .push((p.topic.clone(), p.payload.to_vec(), p.retain));
                     }
                     Ok(_) => {}
                     Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
@@ -440,7 +465,12 @@ impl MqttClient {
     }
 
     pub fn count(&self, topic_part: &str) -> usize {
-        self.received.lock().unwrap().iter().filter(|(t, _, _)| t.contains(topic_part)).count()
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, _, _)| t.contains(topic_part))
+            .count()
     }
 
     pub fn messages(&self, topic_part: &str) -> Vec<serde_json::Value> {

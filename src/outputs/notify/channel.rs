@@ -1,0 +1,167 @@
+//! One trait for every delivery channel; "should we retry?" is decided here, "how long to
+//! wait" in the worker.
+
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+
+use super::templates::Message;
+use super::Lang;
+use crate::domain::event::Event;
+use crate::util::secret::Redacted;
+
+/// Publishes on the daemon's MQTT client (QoS 1). The lead passes an implementation.
+pub trait MqttPublish: Send + Sync {
+    fn publish(&self, topic: String, payload: Vec<u8>) -> BoxFuture<'_, Result<(), String>>;
+}
+
+/// One notification ready to send.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    pub event: Event,
+    pub guest_id: String,
+    pub address: Redacted<String>,
+    pub lang: Lang,
+    pub message: Message,
+    pub bay_url: String,
+}
+
+impl Outgoing {
+    /// `Idempotency-Key`: stable across retries and restarts, names no secret.
+    pub fn idempotency_key(&self) -> String {
+        format!("{}:{}", self.event.event_id, self.guest_id)
+    }
+
+    /// The JSON body shared by the webhook and MQTT channels.
+    pub fn json_body(&self) -> serde_json::Value {
+        let e = &self.event;
+        serde_json::json!({
+            "kind": e.kind.as_str(),
+            "event_id": e.event_id,
+            "site": e.site,
+            "charger": e.charger,
+            "bay": e.bay,
+            "guest": self.guest_id,
+            "address": self.address.expose(),
+            "lang": self.lang.as_str(),
+            "title": self.message.subject,
+            "message": self.message.text,
+            "bay_url": self.bay_url,
+            "event": e.to_json(),
+        })
+    }
+}
+
+/// Why an attempt did not deliver. Reasons are built from status codes and error kinds,
+/// scrubbed of the address before they are stored or logged.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeliveryError {
+    /// Try again later (timeouts, connection errors, 408/429/5xx), no sooner than
+    /// `retry_after` when the receiver said so.
+    Retry {
+        reason: String,
+        status: Option<u16>,
+        retry_after: Option<Duration>,
+    },
+    /// Do not try again (other 4xx, a rejected address, a channel not configured).
+    Permanent { reason: String, status: Option<u16> },
+}
+
+impl DeliveryError {
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, DeliveryError::Retry { .. })
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            DeliveryError::Retry { status, .. } | DeliveryError::Permanent { status, .. } => {
+                *status
+            }
+        }
+    }
+
+    pub fn reason(&self) -> &str {
+        match self {
+            DeliveryError::Retry { reason, .. } | DeliveryError::Permanent { reason, .. } => reason,
+        }
+    }
+
+    /// Classifies an HTTP answer (webhook, ntfy).
+    pub fn from_http(status: u16, retry_after: Option<Duration>) -> Result<(), DeliveryError> {
+        match status {
+            200..=299 => Ok(()),
+            408 | 429 | 500..=599 => Err(DeliveryError::Retry {
+                reason: format!("http {status}"),
+                status: Some(status),
+                retry_after,
+            }),
+            _ => Err(DeliveryError::Permanent {
+                reason: format!("http {status}"),
+                status: Some(status),
+            }),
+        }
+    }
+
+    /// Transport errors from reqwest: all retriable (connect, timeout, reset).
+    pub fn from_reqwest(e: &reqwest::Error) -> DeliveryError {
+        let kind = if e.is_timeout() {
+            "timeout"
+        } else if e.is_connect() {
+            "connect error"
+        } else if e.is_body() || e.is_request() {
+            "request error"
+        } else {
+            "transport error"
+        };
+        // reqwest's Display includes the URL (the ntfy topic = the guest's address): only
+        // the kind is kept.
+        DeliveryError::Retry {
+            reason: kind.to_string(),
+            status: None,
+            retry_after: None,
+        }
+    }
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is rare for these receivers and ignored).
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+/// A delivery channel.
+pub trait Deliver: Send + Sync {
+    fn deliver<'a>(&'a self, out: &'a Outgoing) -> BoxFuture<'a, Result<(), DeliveryError>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_status_classes() {
+        assert_eq!(DeliveryError::from_http(204, None), Ok(()));
+        for s in [408, 429, 500, 502, 503, 504] {
+            assert!(
+                DeliveryError::from_http(s, None)
+                    .unwrap_err()
+                    .is_retriable(),
+                "{s}"
+            );
+        }
+        for s in [400, 401, 403, 404, 410, 422] {
+            assert!(
+                !DeliveryError::from_http(s, None)
+                    .unwrap_err()
+                    .is_retriable(),
+                "{s}"
+            );
+        }
+    }
+}
