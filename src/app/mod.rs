@@ -4,6 +4,7 @@
 
 pub mod live;
 pub mod processor;
+pub mod wiring;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -18,6 +19,7 @@ use crate::config::Config;
 use crate::http::{self, AppState, Readiness};
 use crate::ingest::mqtt;
 use crate::outputs::mqtt_out::MqttOut;
+use crate::outputs::timeseries::TsdbState;
 use live::Live;
 use processor::Processor;
 
@@ -80,9 +82,50 @@ pub async fn run_with(
     let (in_tx, in_rx) = flume::bounded::<mqtt::Inbound>(8192);
     let (out_tx, out_rx) = flume::bounded(16_384);
 
-    let processor = Processor::new(cfg.clone(), conn, live.clone(), sources)
+    // Time series: the spool is written by the commit thread, read by the sink task.
+    let (tsdb_state, timeseries) = match wiring::influx_config(&cfg) {
+        Some(ic) => {
+            let ts = crate::outputs::timeseries::start(ic, &cfg.data_dir)
+                .context("opening the time-series spool")?;
+            (ts.state.clone(), Some(ts))
+        }
+        None => (watch::channel(TsdbState::Off).1, None),
+    };
+    let (points_tx, points_rx) = flume::bounded::<crate::outputs::timeseries::Point>(10_000);
+
+    let notify_cfg = Arc::new(wiring::notify_config(&cfg).context("notify configuration")?);
+    let directory = match &notify_cfg.directory_file {
+        Some(p) => Some(
+            crate::outputs::notify::load_directory(p)
+                .with_context(|| format!("notify.directory_file {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let hook = wiring::NotifyHook {
+        cfg: notify_cfg.clone(),
+        directory,
+        live: live.clone(),
+        queued: false,
+        wake: wake.clone(),
+    };
+
+    let mut processor = Processor::new(cfg.clone(), conn, live.clone(), sources)
         .context("loading state")?
-        .with_mqtt(handle.clone(), out_tx);
+        .with_mqtt(handle.clone(), out_tx)
+        .with_hook(Box::new(hook));
+    let mut sink_task = None;
+    let mut sink_stop = None;
+    if let Some(ts) = timeseries {
+        processor = processor
+            .with_sink(Box::new(wiring::SpoolSink {
+                writer: ts.writer,
+                buf: Vec::with_capacity(1 << 16),
+            }))
+            .with_extra_points(points_rx);
+        sink_task = Some(tokio::spawn(ts.task));
+        sink_stop = Some(ts.shutdown);
+    }
     let commit = std::thread::Builder::new()
         .name("commit".into())
         .spawn(move || processor.run(in_rx))
@@ -105,16 +148,29 @@ pub async fn run_with(
     };
     let out_task = tokio::spawn(mqtt_out.run(out_stop_rx));
 
-    let (_tsdb_tx, tsdb_rx) = watch::channel("off");
+    let (notify_stop_tx, notify_stop_rx) = watch::channel(false);
+    let mqtt_pub: Arc<dyn crate::outputs::notify::MqttPublish> =
+        Arc::new(wiring::ClientPublish(handle.client.clone()));
+    let notify_task = tokio::spawn(crate::outputs::notify::run_worker(
+        (*notify_cfg).clone(),
+        crate::store::db_path(&cfg.data_dir),
+        wake,
+        Some(mqtt_pub),
+        cfg.influx.as_ref().map(|_| points_tx),
+        notify_stop_rx,
+    ));
+
     let state = AppState {
         cfg: cfg.clone(),
         live: live.clone(),
         data_dir: cfg.data_dir.clone(),
         ready: Readiness {
             mqtt: handle.connected_rx.clone(),
-            tsdb: tsdb_rx,
+            tsdb: tsdb_state,
         },
         metrics,
+        notify: notify_cfg.clone(),
+        limiter: Arc::new(http::RateLimiter::new(20)),
     };
     let (listener, addr) = http::bind(cfg.http.listen)
         .await
@@ -125,11 +181,14 @@ pub async fn run_with(
     let (http_stop_tx, mut http_stop_rx) = watch::channel(false);
     let app = http::router(state);
     let http_task = tokio::spawn(async move {
-        let r = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = http_stop_rx.changed().await;
-            })
-            .await;
+        let r = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = http_stop_rx.changed().await;
+        })
+        .await;
         if let Err(e) = r {
             tracing::error!(error = %e, "http server failed");
         }
@@ -145,8 +204,16 @@ pub async fn run_with(
     }
     let _ = out_stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), out_task).await;
+    // The notification worker finishes the attempt in flight; the rest stays in the outbox.
+    let _ = notify_stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(15), notify_task).await;
     let _ = finish_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), ingest_task).await;
+    // What the sink cannot write within its drain time stays in the spool for next start.
+    if let (Some(stop), Some(task)) = (sink_stop, sink_task) {
+        stop.shutdown();
+        let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+    }
     let _ = http_stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), http_task).await;
     tracing::info!("stopped");

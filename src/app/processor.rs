@@ -47,6 +47,15 @@ pub trait CommitHook: Send {
         opened: bool,
         now_ms: i64,
     ) -> rusqlite::Result<()>;
+    /// A session ended; called after its last events were recorded.
+    fn on_session_closed(
+        &mut self,
+        tx: &rusqlite::Transaction<'_>,
+        s: &SessionRecord,
+        now_ms: i64,
+    ) -> rusqlite::Result<()>;
+    /// After the transaction committed.
+    fn after_commit(&mut self) {}
     /// A front-desk link received over MQTT.
     fn on_frontdesk(
         &mut self,
@@ -98,6 +107,8 @@ pub struct Processor {
     last_log: HashMap<&'static str, Instant>,
     suppressed: HashMap<&'static str, u64>,
     last_tick: Instant,
+    /// Points from other tasks (notification outcomes) that go through the spool too.
+    extra_points: Option<flume::Receiver<Point>>,
 }
 
 /// What one batch produced before commit.
@@ -135,6 +146,7 @@ impl Processor {
             last_log: HashMap::new(),
             suppressed: HashMap::new(),
             last_tick: Instant::now(),
+            extra_points: None,
         };
         p.register_configured();
         p.resume()?;
@@ -143,6 +155,11 @@ impl Processor {
 
     pub fn with_sink(mut self, sink: Box<dyn PointSink>) -> Self {
         self.sink = Some(sink);
+        self
+    }
+
+    pub fn with_extra_points(mut self, rx: flume::Receiver<Point>) -> Self {
+        self.extra_points = Some(rx);
         self
     }
 
@@ -330,6 +347,9 @@ impl Processor {
         if tick {
             self.last_tick = Instant::now();
             self.tick(now_wall, &mut pending);
+        }
+        if let Some(rx) = &self.extra_points {
+            pending.points.extend(rx.try_iter().take(10_000));
         }
         self.commit(&mut pending, now_wall)?;
         if let Some(mqtt) = &self.mqtt {
@@ -615,10 +635,11 @@ impl Processor {
         }
         let mut new_events: Vec<(i64, &Event)> = Vec::new();
         let tx = self.conn.transaction()?;
-        for (s, opened) in p.sessions.values() {
+        for (s, _) in p.sessions.values() {
+            let opened = !store::session_exists(&tx, &s.session_key)?;
             store::upsert_session(&tx, s)?;
             if let Some(h) = self.hook.as_mut() {
-                h.on_session(&tx, s, *opened, now_wall)?;
+                h.on_session(&tx, s, opened, now_wall)?;
             }
             if s.ended.is_some() {
                 p.points.push(session_point(s));
@@ -632,6 +653,11 @@ impl Processor {
                 new_events.push((seq, e));
             } else {
                 metrics::counter!("evlounge_events_duplicate_total").increment(1);
+            }
+        }
+        if let Some(h) = self.hook.as_mut() {
+            for (s, _) in p.sessions.values().filter(|(s, _)| s.ended.is_some()) {
+                h.on_session_closed(&tx, s, now_wall)?;
             }
         }
         for key in &p.dirty_chargers {
@@ -652,6 +678,9 @@ impl Processor {
             }
         }
         tx.commit()?;
+        if let Some(h) = self.hook.as_mut() {
+            h.after_commit();
+        }
 
         if let Some(sink) = self.sink.as_mut() {
             if !p.points.is_empty() {

@@ -31,7 +31,7 @@ async fn healthz() -> &'static str {
 
 async fn readyz(State(st): State<AppState>) -> Response {
     let mqtt = *st.ready.mqtt.borrow();
-    let tsdb = *st.ready.tsdb.borrow();
+    let tsdb = st.ready.tsdb.borrow().as_str();
     let dir = st.data_dir.clone();
     let store_ok = tokio::task::spawn_blocking(move || {
         store::open_reader(&dir)

@@ -2,6 +2,7 @@
 //! the store through their own connections; they never touch a decider's state.
 
 pub mod api;
+pub mod guests;
 pub mod metrics;
 
 use std::net::SocketAddr;
@@ -19,8 +20,7 @@ use crate::config::Config;
 #[derive(Clone)]
 pub struct Readiness {
     pub mqtt: watch::Receiver<bool>,
-    /// "off" | "up" | "spooling" | "auth_failed"
-    pub tsdb: watch::Receiver<&'static str>,
+    pub tsdb: watch::Receiver<crate::outputs::timeseries::TsdbState>,
 }
 
 #[derive(Clone)]
@@ -30,6 +30,44 @@ pub struct AppState {
     pub data_dir: PathBuf,
     pub ready: Readiness,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    pub notify: Arc<crate::outputs::notify::NotifyConfig>,
+    /// Per-client-address limiter for the public guest endpoints.
+    pub limiter: Arc<RateLimiter>,
+}
+
+/// A small token bucket per client address (public guest endpoints).
+pub struct RateLimiter {
+    per_minute: u32,
+    // Held only for a map lookup, never across an await.
+    buckets:
+        parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, (f64, std::time::Instant)>>,
+}
+
+impl RateLimiter {
+    pub fn new(per_minute: u32) -> Self {
+        RateLimiter {
+            per_minute,
+            buckets: parking_lot::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    pub fn allow(&self, ip: std::net::IpAddr) -> bool {
+        let now = std::time::Instant::now();
+        let cap = f64::from(self.per_minute);
+        let mut b = self.buckets.lock();
+        if b.len() > 10_000 {
+            b.retain(|_, (_, t)| now.duration_since(*t).as_secs() < 120);
+        }
+        let (tokens, last) = b.entry(ip).or_insert((cap, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * cap / 60.0).min(cap);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl AppState {
@@ -76,7 +114,7 @@ pub fn unauthorized() -> Response {
 }
 
 pub fn router(state: AppState) -> axum::Router {
-    api::routes().with_state(state)
+    api::routes().merge(guests::routes()).with_state(state)
 }
 
 /// Binds the listener (port 0 picks a free one) and returns it with its real address.

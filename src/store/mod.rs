@@ -74,7 +74,7 @@ CREATE TABLE IF NOT EXISTS zone_state (
 
 /// Extra migrations registered by other modules (the notification outbox), run after ours.
 fn extra_migrations() -> Vec<&'static str> {
-    Vec::new()
+    crate::outputs::notify::MIGRATIONS.to_vec()
 }
 
 pub fn db_path(data_dir: &Path) -> PathBuf {
@@ -172,6 +172,12 @@ pub fn upsert_session(tx: &Transaction<'_>, s: &SessionRecord) -> rusqlite::Resu
         s.idle_s,
     ])?;
     Ok(())
+}
+
+pub fn session_exists(tx: &Transaction<'_>, session_key: &str) -> rusqlite::Result<bool> {
+    Ok(tx
+        .prepare_cached("SELECT 1 FROM sessions WHERE session_key = ?1")?
+        .exists([session_key])?)
 }
 
 /// Records an event; `Some(seq)` when it is new, `None` when its `event_id` was already

@@ -1,0 +1,185 @@
+//! Adapters between the commit thread and the outputs: the notification hook that runs in
+//! the commit transaction, the spool as the commit thread's point sink, and the typed
+//! output configurations built from the validated config.
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use rusqlite::Transaction;
+
+use crate::app::processor::{CommitHook, PointSink};
+use crate::config::Config;
+use crate::domain::event::Event;
+use crate::domain::session::SessionRecord;
+use crate::outputs::notify::{self, Channel, Directory, LinkRequest, NotifyConfig};
+use crate::outputs::timeseries::{self, InfluxConfig, Point, SpoolWriter};
+
+/// The spool as the commit thread's point sink: encode, append, fsync per group commit.
+pub struct SpoolSink {
+    pub writer: SpoolWriter,
+    pub buf: Vec<u8>,
+}
+
+impl PointSink for SpoolSink {
+    fn append(&mut self, points: &[Point]) -> std::io::Result<()> {
+        self.buf.clear();
+        if timeseries::encode_points(points, &mut self.buf) > 0 {
+            self.writer.append(&self.buf)?;
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.writer.sync()
+    }
+}
+
+pub fn influx_config(cfg: &Config) -> Option<InfluxConfig> {
+    let i = cfg.influx.as_ref()?;
+    let mut c = InfluxConfig::new(i.url.clone(), &i.org, &i.bucket, i.token.expose());
+    c.batch_lines = i.batch_lines;
+    c.flush_ms = i.flush_interval.as_millis() as u64;
+    c.timeout = i.timeout;
+    c.spool_max_bytes = i.spool_max_bytes;
+    Some(c)
+}
+
+pub fn notify_config(cfg: &Config) -> anyhow::Result<NotifyConfig> {
+    let public = url::Url::parse(&cfg.http.public_url)?;
+    let n = &cfg.notify;
+    let mut c = NotifyConfig::new(public);
+    c.webhook = n.webhook.as_ref().map(|w| notify::WebhookConfig {
+        url: w.url.clone(),
+        secret: w.secret.clone(),
+    });
+    c.ntfy = n.ntfy.as_ref().map(|w| notify::NtfyConfig {
+        url: w.url.clone(),
+        token: w.token.clone(),
+    });
+    c.email = n.email.as_ref().map(|e| notify::EmailConfig {
+        smtp_url: e.smtp_url.clone(),
+        from: e.from.clone(),
+        reply_to: e.reply_to.clone(),
+        username: e.username.clone(),
+        password: e.password.clone(),
+    });
+    c.mqtt_enabled = n.mqtt;
+    c.mqtt_prefix = cfg.mqtt.prefix.clone();
+    c.retention = n.retention;
+    c.max_attempts = n.max_attempts;
+    c.max_age = n.max_age;
+    c.attempt_timeout = n.attempt_timeout;
+    c.templates_dir = n.templates_dir.clone();
+    c.directory_file = n.directory_file.clone();
+    c.guest_channels = cfg
+        .http
+        .guest_channels
+        .iter()
+        .filter_map(|s| Channel::parse(s))
+        .collect();
+    Ok(c)
+}
+
+/// Runs in the commit transaction: binds links to sessions, queues notifications for new
+/// events, takes front-desk links from MQTT.
+pub struct NotifyHook {
+    pub cfg: Arc<NotifyConfig>,
+    pub directory: Option<Directory>,
+    pub live: Arc<crate::app::live::Live>,
+    /// Notifications were queued in this batch: wake the worker after the commit.
+    pub queued: bool,
+    pub wake: Arc<tokio::sync::Notify>,
+}
+
+impl CommitHook for NotifyHook {
+    fn on_event(
+        &mut self,
+        tx: &Transaction<'_>,
+        event: &Event,
+        session_key: Option<&str>,
+        now_ms: i64,
+    ) -> rusqlite::Result<()> {
+        if notify::enqueue_for_event(tx, event, session_key, now_ms)? > 0 {
+            self.queued = true;
+        }
+        Ok(())
+    }
+
+    fn on_session(
+        &mut self,
+        tx: &Transaction<'_>,
+        s: &SessionRecord,
+        opened: bool,
+        now_ms: i64,
+    ) -> rusqlite::Result<()> {
+        if opened {
+            notify::on_session_opened(
+                tx,
+                self.directory.as_ref(),
+                &s.site,
+                &s.charger,
+                &s.session_key,
+                s.id_tag.as_deref(),
+                now_ms,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn on_session_closed(
+        &mut self,
+        tx: &Transaction<'_>,
+        s: &SessionRecord,
+        now_ms: i64,
+    ) -> rusqlite::Result<()> {
+        notify::on_session_closed(tx, &s.session_key, now_ms)
+    }
+
+    fn after_commit(&mut self) {
+        if std::mem::take(&mut self.queued) {
+            self.wake.notify_one();
+        }
+    }
+
+    fn on_frontdesk(&mut self, tx: &Transaction<'_>, site: &str, payload: &[u8], now_ms: i64) {
+        let req: LinkRequest = match serde_json::from_slice(payload) {
+            Ok(r) => r,
+            Err(e) => {
+                metrics::counter!("evlounge_decode_errors_total", "reason" => "invalid_field", "adapter" => "frontdesk").increment(1);
+                tracing::warn!(error = %e.to_string().chars().take(120).collect::<String>(), "front-desk link rejected");
+                return;
+            }
+        };
+        if req.site != site {
+            tracing::warn!(topic_site = %site, "front-desk link for another site rejected");
+            return;
+        }
+        let current = req
+            .charger
+            .as_deref()
+            .and_then(|c| self.live.charger(site, c))
+            .and_then(|c| c.session)
+            .filter(|s| s.ended.is_none())
+            .map(|s| s.session_key);
+        match notify::link_guest(tx, &req, &self.cfg, current.as_deref(), now_ms) {
+            Ok(link) => {
+                tracing::info!(guest = %link.guest_id, state = %link.state, "front-desk link")
+            }
+            Err(e) => tracing::warn!(error = %e, "front-desk link rejected"),
+        }
+    }
+}
+
+/// The notification worker's MQTT channel on the daemon's client.
+pub struct ClientPublish(pub rumqttc::AsyncClient);
+
+impl notify::MqttPublish for ClientPublish {
+    fn publish(&self, topic: String, payload: Vec<u8>) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            self.0
+                .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
