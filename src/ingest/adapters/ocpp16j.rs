@@ -43,6 +43,9 @@ struct Tx {
     id_tag: Option<String>,
     energy: SessionEnergy,
     ended: bool,
+    /// The connector went Available since: the session is over for the domain; the
+    /// transaction is kept only for a late StopTransaction.
+    unplugged: bool,
 }
 
 impl Tx {
@@ -67,7 +70,7 @@ impl Conn {
         let tx = self
             .tx
             .as_ref()
-            .filter(|_| status != ChargerStatus::Available);
+            .filter(|t| status != ChargerStatus::Available && !t.unplugged);
         Telemetry {
             ts,
             status: Some(status),
@@ -456,8 +459,12 @@ fn status_notification(
         c.error_code = error_code;
         let t = check_telemetry(c.telemetry(ts, status))?;
         if status == ChargerStatus::Available {
-            // Unplugged: whatever transaction we held is over, even if its Stop was lost.
-            c.tx = None;
+            // Unplugged: the transaction is over even if its Stop is late or lost. It is kept
+            // (ended) so a late StopTransaction still finds its connector and energy.
+            if let Some(tx) = c.tx.as_mut() {
+                tx.ended = true;
+                tx.unplugged = true;
+            }
         }
         out.push(Input::Telemetry { key, t });
     }
@@ -492,6 +499,7 @@ fn start_transaction(
         id_tag: id_tag.clone(),
         energy: SessionEnergy::starting_at(meter_start),
         ended: false,
+        unplugged: false,
     });
     let status = match c.status {
         Some(
@@ -609,10 +617,14 @@ fn meter_values(
                     id_tag: None,
                     energy: SessionEnergy::default(),
                     ended: false,
+                    unplugged: false,
                 })
             }
         }
     }
+    // Readings belong to the open transaction, or to an ended one only when they name it
+    // (a late Transaction.End sample); idle readings after a stop have no session energy.
+    let names_tx = tx_id.is_some();
     let mut out = Vec::new();
     let mut latest = None;
     for (ts, r) in readings {
@@ -622,7 +634,7 @@ fn meter_values(
         let in_order = c.last_meter_ts.map_or(true, |l| ts >= l);
         let session_wh = match (c.tx.as_mut(), r.energy_wh) {
             (Some(tx), Some(wh)) if in_order && !tx.ended => tx.energy.advance(wh),
-            (Some(tx), Some(wh)) => tx.energy.peek(wh),
+            (Some(tx), Some(wh)) if !tx.ended || names_tx => tx.energy.peek(wh),
             _ => None,
         };
         if in_order {
@@ -690,6 +702,13 @@ fn stop_transaction(
     let Some(c) = st.connectors.get_mut(&connector) else {
         return Ok(vec![]);
     };
+    let unplugged = c.tx.as_ref().is_some_and(|t| t.unplugged);
+    if unplugged && c.status != Some(ChargerStatus::Available) {
+        // A late Stop of a car that left, while the next one is plugged in: reporting it
+        // now would make the new session look finished.
+        st.saw(ts);
+        return Ok(vec![]);
+    }
     let in_order = c.last_meter_ts.map_or(true, |l| ts >= l);
     let session_wh = match c.tx.as_mut() {
         Some(tx) => {
@@ -717,7 +736,10 @@ fn stop_transaction(
     let mut t = c.telemetry(ts, status);
     t.meter_kwh = Some(meter_stop / 1000.0);
     t.session_kwh = session_wh.map(|wh| wh / 1000.0);
-    if status != ChargerStatus::Available {
+    if status == ChargerStatus::Available {
+        // Stop after unplug: the final energy, attributed to the session it closes.
+        t.session_id = c.tx.as_ref().map(|tx| tx.session_id());
+    } else {
         t.power_kw = Some(0.0);
     }
     st.saw(ts);
