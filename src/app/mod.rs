@@ -74,7 +74,7 @@ pub async fn run_with(
     let conn = crate::store::open(&cfg.data_dir).context("opening the store")?;
     let live = Arc::new(Live::new());
 
-    let sources: Vec<crate::ingest::Source> = Vec::new();
+    let sources = crate::ingest::sources::build(&cfg.sources);
     let filters: Vec<String> = sources.iter().map(|s| s.filter()).collect();
     let ingest = mqtt::connect(&cfg.mqtt, &client_id, &filters)?;
     let handle = ingest.handle.clone();

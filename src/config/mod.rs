@@ -46,7 +46,7 @@ pub struct Config {
     pub thresholds: Thresholds,
     pub sites: Vec<SiteConfig>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub sources: Vec<Value>,
+    pub sources: Vec<crate::ingest::adapters::SourceSpec>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -575,6 +575,31 @@ impl Validator {
                 zones,
             });
         }
+        let mut sources = Vec::new();
+        for (i, v) in raw.sources.iter().enumerate() {
+            let key = format!("sources[{i}]");
+            match serde_path_to_error::deserialize::<_, crate::ingest::adapters::SourceSpec>(
+                v.clone(),
+            ) {
+                Ok(spec) => {
+                    if let Err(errs) = spec.validate() {
+                        for (k, r) in errs {
+                            self.err(format!("{key}.{k}"), r);
+                        }
+                    }
+                    sources.push(spec);
+                }
+                Err(e) => {
+                    let path = e.path().to_string();
+                    let k = if path == "." {
+                        key
+                    } else {
+                        format!("{key}.{path}")
+                    };
+                    self.err(k, e.into_inner().to_string());
+                }
+            }
+        }
         let mut http = http;
         if http.public_url.is_empty() {
             http.public_url = format!("http://{}", http.listen);
@@ -588,7 +613,7 @@ impl Validator {
             notify,
             thresholds,
             sites,
-            sources: raw.sources,
+            sources,
         }
     }
 

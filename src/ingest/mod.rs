@@ -1,7 +1,9 @@
 //! MQTT in: the event loop, routing, and decoders turning payloads into domain inputs.
 
+pub mod adapters;
 pub mod decode;
 pub mod mqtt;
+pub mod sources;
 
 use crate::domain::input::Input;
 use decode::DecodeError;

@@ -1,0 +1,95 @@
+//! Zigbee2MQTT sensors: JSON state on `zigbee2mqtt/{device}`.
+//!
+//! `occupancy` (PIR) and `presence` (mmWave) become `presence`; `co2`/`co2_ppm`,
+//! `temperature`, `humidity` the air readings. Other keys (illuminance, battery, linkquality)
+//! are ignored. `.../availability`, `.../set`, `.../get` and `bridge/...` topics carry no
+//! reading.
+
+use serde_json::Value;
+
+use super::common::{
+    boolish, check_field, check_lounge, device_name, num, parse_json, parse_time_value, Target,
+};
+use super::template::Captures;
+use super::{Adapter, DecodeError};
+use crate::domain::input::{Input, LoungeReading, TsMs};
+
+pub struct Zigbee2Mqtt {
+    target: Target,
+}
+
+impl Zigbee2Mqtt {
+    pub fn new(target: Target) -> Self {
+        Self { target }
+    }
+}
+
+fn number(obj: &Value, keys: &[&str], field: &str) -> Result<Option<f64>, DecodeError> {
+    for k in keys {
+        match obj.get(*k) {
+            None | Some(Value::Null) => continue,
+            Some(v) => {
+                let x = num(v).ok_or_else(|| DecodeError::InvalidField((*k).to_string()))?;
+                return Ok(Some(check_field(field, x)?));
+            }
+        }
+    }
+    Ok(None)
+}
+
+impl Adapter for Zigbee2Mqtt {
+    fn name(&self) -> &'static str {
+        "zigbee2mqtt"
+    }
+
+    fn decode(
+        &mut self,
+        topic: &str,
+        caps: &Captures,
+        payload: &[u8],
+        recv_ms: TsMs,
+    ) -> Result<Vec<Input>, DecodeError> {
+        let last = topic.rsplit('/').next().unwrap_or(topic);
+        if matches!(last, "availability" | "set" | "get") || topic.split('/').any(|l| l == "bridge")
+        {
+            return Ok(vec![]);
+        }
+        let device = device_name(topic, caps).to_string();
+        let v = parse_json(payload)?;
+        if !v.is_object() {
+            return Err(DecodeError::InvalidField("payload".into()));
+        }
+        let presence = match v.get("presence").or_else(|| v.get("occupancy")) {
+            None | Some(Value::Null) => None,
+            Some(p) => {
+                Some(boolish(p).ok_or_else(|| DecodeError::InvalidField("presence".into()))?)
+            }
+        };
+        let r = LoungeReading {
+            // `last_seen` is in the payload when Zigbee2MQTT is configured to add it.
+            ts: v
+                .get("last_seen")
+                .and_then(parse_time_value)
+                .unwrap_or(recv_ms),
+            presence,
+            co2_ppm: number(&v, &["co2", "co2_ppm"], "co2_ppm")?,
+            temperature_c: number(&v, &["temperature", "temperature_c"], "temperature_c")?,
+            humidity_pct: number(&v, &["humidity", "humidity_pct"], "humidity_pct")?,
+            ..Default::default()
+        };
+        if r.presence.is_none()
+            && r.co2_ppm.is_none()
+            && r.temperature_c.is_none()
+            && r.humidity_pct.is_none()
+        {
+            // A button, a plug, a light: nothing the lounge tracks.
+            return Ok(vec![]);
+        }
+        let key = self.target.zone_key(caps, &device)?;
+        Ok(vec![Input::Lounge {
+            key,
+            sensor: device,
+            r: check_lounge(r)?,
+        }])
+    }
+}
