@@ -5,7 +5,7 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{wait_for_async, Daemon, Mosquitto, MqttClient};
+use harness::{base_ts, dc_session, wait_for_async, Daemon, Mosquitto, MqttClient};
 
 const TOPIC: &str = "evlounge/milano/charger/hpc-3/telemetry";
 
@@ -27,49 +27,6 @@ timezone = "Europe/Rome"
 "#,
         broker.url()
     )
-}
-
-fn base_ts() -> i64 {
-    // An hour ago, so every scripted ts is in the past (no clock-skew replacement).
-    chrono::Utc::now().timestamp_millis() - 3_600_000
-}
-
-fn msg(ts: i64, status: &str, power: f64, soc: f64, kwh: f64) -> String {
-    format!(
-        r#"{{"ts":{ts},"status":"{status}","session_id":"T-1842","vehicle":"Taycan 4S","power_kw":{power},"soc_pct":{soc},"target_soc_pct":80,"session_kwh":{kwh},"meter_kwh":{m}}}"#,
-        m = 10_000.0 + kwh
-    )
-}
-
-/// A DC session: plug-in, the start-of-charge suspended_ev blip, charging 20→80 %, the car
-/// at target (complete), suspended_ev, finishing, unplug.
-fn dc_session(t0: i64) -> (Vec<String>, Vec<String>) {
-    let mut before = vec![
-        msg(t0, "preparing", 0.0, 20.0, 0.0),
-        msg(t0 + 2_000, "suspended_evse", 0.0, 20.0, 0.0),
-        msg(t0 + 4_000, "suspended_ev", 0.0, 20.0, 0.0),
-    ];
-    let mut kwh = 0.0;
-    let mut soc = 20.0;
-    let mut t = t0 + 6_000;
-    while soc < 79.0 {
-        let p = if soc < 55.0 {
-            250.0
-        } else {
-            250.0 - (soc - 55.0) * 7.0
-        };
-        kwh += p * 30.0 / 3600.0;
-        soc += p * 30.0 / 3600.0 / 0.85;
-        before.push(msg(t, "charging", p, soc.min(79.0), kwh));
-        t += 30_000;
-    }
-    let after = vec![
-        msg(t, "charging", 60.0, 80.0, kwh + 0.5),
-        msg(t + 30_000, "suspended_ev", 0.0, 80.0, kwh + 0.5),
-        msg(t + 60_000, "finishing", 0.0, 80.0, kwh + 0.5),
-        msg(t + 90_000, "available", 0.0, 80.0, 0.0),
-    ];
-    (before, after)
 }
 
 async fn wait_session_closed(d: &Daemon) -> serde_json::Value {

@@ -634,7 +634,15 @@ impl Processor {
             return Ok(());
         }
         let mut new_events: Vec<(i64, &Event)> = Vec::new();
-        let tx = self.conn.transaction()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // Front-desk links first: a link that arrives with the plug-in binds to that session.
+        if let Some(h) = self.hook.as_mut() {
+            for (site, payload) in &p.frontdesk {
+                h.on_frontdesk(&tx, site, payload, now_wall);
+            }
+        }
         for (s, _) in p.sessions.values() {
             let opened = !store::session_exists(&tx, &s.session_key)?;
             store::upsert_session(&tx, s)?;
@@ -670,11 +678,6 @@ impl Processor {
             if let Some(slot) = self.zones.get(key) {
                 let json = serde_json::to_string(&slot.machine)?;
                 store::save_zone_state(&tx, &key.site, &key.zone, &json)?;
-            }
-        }
-        if let Some(h) = self.hook.as_mut() {
-            for (site, payload) in &p.frontdesk {
-                h.on_frontdesk(&tx, site, payload, now_wall);
             }
         }
         tx.commit()?;

@@ -201,6 +201,12 @@ pub fn connect(
 }
 
 impl Ingest {
+    fn mark_connected(&self, up: bool) {
+        self.handle.state.connected.store(up, Ordering::Release);
+        self.connected_tx
+            .send_if_modified(|v| std::mem::replace(v, up) != up);
+    }
+
     /// Polls until `stop` turns true. Every publish goes to `tx` (a bounded channel:
     /// when the commit thread is slow we stop polling, and the broker holds the rest).
     pub async fn run(
@@ -221,8 +227,11 @@ impl Ingest {
             match ev {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     let epoch = self.handle.state.epoch.fetch_add(1, Ordering::AcqRel) + 1;
-                    self.handle.state.connected.store(true, Ordering::Release);
-                    let _ = self.connected_tx.send(true);
+                    // Ready once our subscriptions stand: at once when the broker kept the
+                    // session, else at the SubAck of the resubscription.
+                    if ack.session_present {
+                        self.mark_connected(true);
+                    }
                     connected_at = Some(Instant::now());
                     match outage_since.take() {
                         Some(t) => tracing::info!(
@@ -288,11 +297,11 @@ impl Ingest {
                             tracing::error!("broker refused a subscription");
                         }
                     }
+                    self.mark_connected(true);
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    self.handle.state.connected.store(false, Ordering::Release);
-                    let _ = self.connected_tx.send(false);
+                    self.mark_connected(false);
                     connected_at = None;
                     metrics::counter!("evlounge_mqtt_reconnects_total").increment(1);
                     if outage_since.is_none() {

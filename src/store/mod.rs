@@ -304,7 +304,7 @@ fn stored_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
 }
 
 pub fn mark_published(conn: &Connection, seqs: &[i64]) -> rusqlite::Result<()> {
-    let tx = conn.unchecked_transaction()?;
+    let tx = write_tx(conn)?;
     {
         let mut st = tx.prepare_cached("UPDATE events SET published = 1 WHERE seq = ?1")?;
         for s in seqs {
@@ -338,5 +338,59 @@ mod tests {
         drop(conn);
         let conn = open(dir.path()).unwrap();
         assert_eq!(events_after(&conn, 0, 10).unwrap()[0].event_id, e.event_id);
+    }
+}
+
+/// A write transaction that takes the write lock up front (`BEGIN IMMEDIATE`), so under
+/// WAL it waits for other writers (busy timeout) instead of failing with "database is
+/// locked" when a deferred read would have to upgrade. Inside an open transaction (the
+/// commit thread's) it nests as a savepoint.
+pub struct WriteTx<'c> {
+    conn: &'c Connection,
+    nested: bool,
+    done: bool,
+}
+
+pub fn write_tx(conn: &Connection) -> rusqlite::Result<WriteTx<'_>> {
+    let nested = !conn.is_autocommit();
+    conn.execute_batch(if nested {
+        "SAVEPOINT evlounge_w"
+    } else {
+        "BEGIN IMMEDIATE"
+    })?;
+    Ok(WriteTx {
+        conn,
+        nested,
+        done: false,
+    })
+}
+
+impl WriteTx<'_> {
+    pub fn commit(mut self) -> rusqlite::Result<()> {
+        self.done = true;
+        self.conn.execute_batch(if self.nested {
+            "RELEASE evlounge_w"
+        } else {
+            "COMMIT"
+        })
+    }
+}
+
+impl std::ops::Deref for WriteTx<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
+
+impl Drop for WriteTx<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.conn.execute_batch(if self.nested {
+                "ROLLBACK TO evlounge_w; RELEASE evlounge_w"
+            } else {
+                "ROLLBACK"
+            });
+        }
     }
 }

@@ -216,7 +216,7 @@ pub fn link_guest(
         (Some(_), None) => "pending",
         (None, _) => "active",
     };
-    let tx = conn.unchecked_transaction()?;
+    let tx = crate::store::write_tx(conn)?;
     tx.execute(
         "INSERT INTO guests (guest_id, token_hash, site, charger, id_tag, channel, address, name,
                              lang, events, source, state, created_ms)
@@ -288,7 +288,7 @@ pub fn get_guest(conn: &Connection, token: &str) -> rusqlite::Result<Option<Gues
 /// Deletes the link, its contact and its undelivered notifications. `false` if the token
 /// is unknown.
 pub fn unlink_guest(conn: &Connection, token: &str) -> rusqlite::Result<bool> {
-    let tx = conn.unchecked_transaction()?;
+    let tx = crate::store::write_tx(conn)?;
     let gid: Option<String> = tx
         .query_row(
             "SELECT guest_id FROM guests WHERE token_hash = ?1",

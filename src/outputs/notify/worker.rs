@@ -299,7 +299,7 @@ fn claim(
     now: i64,
     deliverable: bool,
 ) -> rusqlite::Result<(Vec<Job>, Vec<Finished>)> {
-    let tx = conn.unchecked_transaction()?;
+    let tx = crate::store::write_tx(conn)?;
     let expire_before = now - max_age_ms(cfg);
     let rows: Vec<ClaimRow> = {
         let mut st = tx.prepare_cached(
@@ -496,7 +496,7 @@ async fn attempt(shared: &Arc<Shared>, job: Job) {
     let rec = {
         let error = error.clone();
         db(shared, move |c| {
-            let tx = c.unchecked_transaction()?;
+            let tx = crate::store::write_tx(&c)?;
             tx.execute(
                 "INSERT INTO notification_attempts
                     (notification_id, attempt, started_ms, finished_ms, outcome, status_code, error)
@@ -632,7 +632,7 @@ async fn report(shared: &Arc<Shared>, f: &Finished) {
 /// links that waited too long for a session. Returns the number of guests deleted.
 pub fn retention_sweep(conn: &Connection, cfg: &NotifyConfig, now: i64) -> rusqlite::Result<usize> {
     let cutoff = now - cfg.retention.as_millis() as i64;
-    let tx = conn.unchecked_transaction()?;
+    let tx = crate::store::write_tx(conn)?;
     tx.execute(
         "UPDATE guests SET state = 'expired', ended_ms = created_ms + ?2
          WHERE state = 'pending' AND created_ms < ?1",
