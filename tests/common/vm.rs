@@ -60,6 +60,10 @@ impl Vm {
         panic!("VictoriaMetrics did not start");
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     pub fn url(&self) -> url::Url {
         url::Url::parse(&format!("http://127.0.0.1:{}", self.port)).expect("url")
     }

@@ -95,7 +95,7 @@ impl InfluxConfig {
 impl fmt::Debug for InfluxConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("InfluxConfig")
-            .field("url", &self.url.as_str())
+            .field("url", &redacted(&self.url).as_str())
             .field("org", &self.org)
             .field("bucket", &self.bucket)
             .field("token", &"***")
@@ -108,6 +108,15 @@ impl fmt::Debug for InfluxConfig {
             .field("auth_retry", &self.auth_retry)
             .finish()
     }
+}
+
+/// The URL without a password, for logs and Debug.
+fn redacted(url: &Url) -> Url {
+    let mut u = url.clone();
+    if u.password().is_some() {
+        let _ = u.set_password(Some("***"));
+    }
+    u
 }
 
 /// The sink future; the caller spawns it where it spawns its other tasks.
@@ -146,7 +155,7 @@ pub fn start(cfg: InfluxConfig, data_dir: &Path) -> io::Result<Timeseries> {
     let spool = reader.stats();
     let sink = sink::Sink::new(&cfg, reader, stop_rx, state_tx, stats.clone())?;
     tracing::info!(
-        url = %cfg.url,
+        url = %redacted(&cfg.url),
         bucket = %cfg.bucket,
         spool_bytes = spool.bytes(),
         "tsdb writer starting"
@@ -187,6 +196,9 @@ mod tests {
     #[test]
     fn debug_hides_token() {
         let c = InfluxConfig::new(Url::parse("http://h").unwrap(), "o", "b", "s3cret-token");
+        let s = format!("{c:?}");
+        assert!(!s.contains("s3cret"), "{s}");
+        let c = InfluxConfig::new(Url::parse("http://u:pw-s3cret@h").unwrap(), "o", "b", "t");
         let s = format!("{c:?}");
         assert!(!s.contains("s3cret"), "{s}");
         assert!(s.contains("***"));

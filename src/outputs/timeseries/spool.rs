@@ -161,6 +161,8 @@ impl Spool {
                     "tsdb spool: truncating a torn or corrupt tail record"
                 );
                 counters.torn_tails.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("evlounge_tsdb_spool_corrupt_total", "kind" => "torn_tail")
+                    .increment(1);
                 counters
                     .torn_bytes
                     .fetch_add(len - valid, Ordering::Relaxed);
@@ -533,6 +535,8 @@ impl SpoolReader {
                         .counters
                         .corrupt_records
                         .fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("evlounge_tsdb_spool_corrupt_total", "kind" => "record")
+                        .increment(1);
                     tracing::warn!(
                         segment = self.cursor.segment,
                         offset = self.cursor.offset,
