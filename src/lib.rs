@@ -2,4 +2,5 @@
 
 pub mod domain;
 pub mod outputs;
+pub mod sim;
 pub mod util;
