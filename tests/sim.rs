@@ -615,6 +615,22 @@ async fn simulate_stops_on_shutdown_and_reports_what_arrived() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulate_without_a_broker_fails_instead_of_hanging() {
+    let opts = SimulateOptions {
+        mqtt_url: format!("mqtt://127.0.0.1:{}", free_port()),
+        ..SimulateOptions::default()
+    };
+    let r = tokio::time::timeout(
+        Duration::from_secs(30),
+        run_simulate(opts, std::future::pending()),
+    )
+    .await
+    .expect("gives up");
+    let err = r.expect_err("no broker").to_string();
+    assert!(err.contains("cannot connect"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_broker_round_trips_qos1_and_keeps_retained() {
     let addr = start_embedded_broker("127.0.0.1:0".parse().unwrap()).unwrap();
     assert_ne!(addr.port(), 0);

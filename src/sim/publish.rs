@@ -79,6 +79,7 @@ const MAX_STEP_WALL_MS: f64 = 50.0;
 const PACE_TICK: Duration = Duration::from_millis(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+const STOPPED_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Turns options into the site model's configuration (also what `demo` can declare to the
 /// daemon: same charger ids, bays, powers and zones).
@@ -152,38 +153,55 @@ pub async fn run_simulate(
 
     tokio::pin!(shutdown);
     let mut stopped = false;
-    tokio::select! {
+    let mut outcome = tokio::select! {
         biased;
-        _ = &mut shutdown => stopped = true,
-        r = wait_connected(&conns) => r?,
-    }
+        _ = &mut shutdown => {
+            stopped = true;
+            Ok(())
+        }
+        r = wait_connected(&conns) => r,
+    };
     let t0 = Instant::now();
-    if !stopped {
+    if outcome.is_ok() && !stopped {
         let produce = produce(&opts, &mut sim, &conns, qos, t0);
         tokio::select! {
             biased;
-            _ = &mut shutdown => {},
-            r = produce => r?,
+            _ = &mut shutdown => stopped = true,
+            r = produce => outcome = r,
         }
     }
 
-    drain(&conns).await;
+    if outcome.is_ok() {
+        // After Ctrl-C, don't make the operator wait long for a broker that is gone.
+        drain(
+            &conns,
+            if stopped {
+                STOPPED_DRAIN_TIMEOUT
+            } else {
+                DRAIN_TIMEOUT
+            },
+        )
+        .await;
+    }
     let elapsed = t0.elapsed();
     for c in &conns {
         // try_: a full request channel (broker gone) must not block shutdown.
         let _ = c.client.try_disconnect();
     }
+    // Also on errors: the connection tasks would otherwise reconnect forever.
     let _ = stop_tx.send(true);
     for c in conns.iter_mut() {
-        if let Some(task) = c.task.take() {
-            if tokio::time::timeout(Duration::from_secs(2), task)
+        if let Some(mut task) = c.task.take() {
+            if tokio::time::timeout(Duration::from_secs(2), &mut task)
                 .await
                 .is_err()
             {
                 tracing::warn!(connection = %c.client_id, "connection task did not stop in time");
+                task.abort();
             }
         }
     }
+    outcome?;
     let messages: u64 = conns
         .iter()
         .map(|c| c.state.confirmed.load(Ordering::Relaxed))
@@ -403,8 +421,8 @@ async fn wait_connected(conns: &[Connection]) -> anyhow::Result<()> {
 }
 
 /// Waits until every queued message is confirmed, or the deadline (broker gone).
-async fn drain(conns: &[Connection]) {
-    let deadline = Instant::now() + DRAIN_TIMEOUT;
+async fn drain(conns: &[Connection], timeout: Duration) {
+    let deadline = Instant::now() + timeout;
     while conns
         .iter()
         .any(|c| c.state.confirmed.load(Ordering::Relaxed) < c.state.queued.load(Ordering::Relaxed))
