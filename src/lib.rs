@@ -7,5 +7,6 @@ pub mod domain;
 pub mod http;
 pub mod ingest;
 pub mod outputs;
+pub mod sim;
 pub mod store;
 pub mod util;
