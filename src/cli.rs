@@ -26,6 +26,59 @@ pub enum Command {
         #[arg(short = 'c', long = "config")]
         config: Option<PathBuf>,
     },
+    /// Everything on one machine with nothing installed: embedded broker, simulated site,
+    /// the daemon and its pages. Prints the URLs.
+    Demo {
+        /// Optional config (e.g. to send time series to an InfluxDB); the broker and the
+        /// simulated site are the demo's.
+        #[arg(short = 'c', long = "config")]
+        config: Option<PathBuf>,
+        /// Keep state here instead of a temp dir removed at exit.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Simulated time per wall time.
+        #[arg(long, default_value_t = 10.0)]
+        speed: f64,
+        #[arg(long, default_value_t = 6)]
+        chargers: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// HTTP address (default 127.0.0.1:8080, or a free port when that is busy).
+        #[arg(long)]
+        http: Option<std::net::SocketAddr>,
+        /// Embedded broker address (port 0: a free one).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        broker: std::net::SocketAddr,
+    },
+    /// Publishes realistic charger and lounge traffic to a broker (demo, load, benchmarks).
+    Simulate {
+        #[arg(long)]
+        mqtt: String,
+        #[arg(long, default_value = "demo")]
+        site: String,
+        #[arg(long, default_value = "evlounge")]
+        prefix: String,
+        #[arg(long, default_value_t = 6)]
+        chargers: usize,
+        /// Telemetry messages per charger per second (wall time).
+        #[arg(long, default_value_t = 1.0)]
+        rate: f64,
+        /// Stop after this long (e.g. 30s, 5m); default: until Ctrl-C.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<std::time::Duration>,
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value_t = 1)]
+        qos: u8,
+        /// MQTT connections to spread the load over.
+        #[arg(long, default_value_t = 1)]
+        connections: usize,
+        /// Stop after this many messages.
+        #[arg(long = "max")]
+        max_messages: Option<u64>,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -131,6 +184,110 @@ pub fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Command::Simulate {
+            mqtt,
+            site,
+            prefix,
+            chargers,
+            rate,
+            duration,
+            speed,
+            seed,
+            qos,
+            connections,
+            max_messages,
+        } => {
+            init_logging(LogFormat::Text, "info");
+            let opts = crate::sim::publish::SimulateOptions {
+                mqtt_url: mqtt,
+                site,
+                prefix,
+                chargers,
+                rate_hz: rate,
+                duration,
+                speed,
+                seed,
+                qos,
+                connections,
+                max_messages,
+                start_ms: None,
+            };
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("evlounge: cannot start the runtime: {e}");
+                    return ExitCode::from(EXIT_RUNTIME);
+                }
+            };
+            match rt.block_on(crate::sim::publish::run_simulate(opts, shutdown_signal())) {
+                Ok(r) => {
+                    println!(
+                        "evlounge: published {} messages in {:.2} s ({:.0} msg/s)",
+                        r.messages,
+                        r.elapsed.as_secs_f64(),
+                        r.msg_per_s
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("evlounge: {e:#}");
+                    ExitCode::from(EXIT_RUNTIME)
+                }
+            }
+        }
+        Command::Demo {
+            config,
+            data_dir,
+            speed,
+            chargers,
+            seed,
+            http,
+            broker,
+        } => {
+            let cfg = match config {
+                Some(p) => match load_or_report(Some(&p)) {
+                    Ok(c) => c,
+                    Err(code) => return code,
+                },
+                None => match config::load(None, &[]) {
+                    Ok(c) => c,
+                    Err(errs) => {
+                        for p in &errs.0 {
+                            eprintln!("{p}");
+                        }
+                        return ExitCode::from(EXIT_CONFIG);
+                    }
+                },
+            };
+            // The embedded broker logs every probe of its port as an error: keep it quiet.
+            init_logging(
+                cfg.log.format,
+                &format!("{},rumqttd::server::broker=off", cfg.log.level),
+            );
+            let opts = crate::demo::DemoOptions {
+                config: None,
+                data_dir,
+                speed,
+                chargers,
+                seed,
+                http,
+                broker,
+            };
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("evlounge: cannot start the runtime: {e}");
+                    return ExitCode::from(EXIT_RUNTIME);
+                }
+            };
+            match rt.block_on(crate::demo::run(cfg, opts, shutdown_signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("evlounge: {e:#}");
+                    ExitCode::from(EXIT_RUNTIME)
+                }
+            }
+        }
         Command::Run { config } => {
             let cfg = match load_or_report(config.as_deref()) {
                 Ok(c) => c,

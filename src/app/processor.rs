@@ -547,6 +547,17 @@ impl Processor {
             }
             Input::Availability { key, online, ts } => {
                 let slot = self.charger_slot(&key, recv_ms);
+                // Availability carries no time of its own (`ts` is the receive time): place
+                // it on this charger's message clock, advanced by the wall time since its
+                // last message, so a replayed or simulated stream is not thrown into the
+                // present (which would look like a long silence).
+                let ts = match slot.machine.last_ts() {
+                    Some(last) if ts == recv_ms => last + (recv_ms - slot.last_wall_ms).max(0),
+                    // A charger not heard from yet starts online: an `online` then says
+                    // nothing, and placing it at the receive time would set its clock.
+                    None if online => return,
+                    _ => ts,
+                };
                 let before = open_session(slot);
                 let step = slot
                     .machine
