@@ -1080,7 +1080,7 @@ proptest! {
                 for i in out {
                     if let Input::Telemetry { t, .. } = i {
                         prop_assert!(t.status.is_some());
-                        prop_assert!(t.session_kwh.map_or(true, |e| e >= 0.0 && e.is_finite()));
+                        prop_assert!(t.session_kwh.is_none_or(|e| e >= 0.0 && e.is_finite()));
                     }
                 }
             }
@@ -1094,7 +1094,7 @@ proptest! {
             if let Ok(out) = s.json("ocpp/CP/in", f, T0) {
                 for i in out {
                     if let Input::Telemetry { t, .. } = i {
-                        prop_assert!(t.session_kwh.map_or(true, |e| e >= 0.0 && e.is_finite()));
+                        prop_assert!(t.session_kwh.is_none_or(|e| e >= 0.0 && e.is_finite()));
                     }
                 }
             }

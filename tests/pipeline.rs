@@ -3,7 +3,6 @@
 
 mod harness;
 #[path = "support/notify_harness.rs"]
-#[allow(dead_code)]
 mod notify_harness;
 #[path = "common/vm.rs"]
 mod vm;

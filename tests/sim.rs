@@ -205,7 +205,7 @@ fn every_message_follows_the_contract_and_physics() {
         assert!(t.soc_end >= t.soc_start && t.soc_end <= 100.0);
         if let Some(r) = t.reached_target_ms {
             assert!(t.soc_end >= t.target - 0.1, "{t:?}");
-            assert!(t.unplugged_ms.map_or(true, |u| u > r));
+            assert!(t.unplugged_ms.is_none_or(|u| u > r));
             assert!(!t.early_unplug && !t.faulted);
         }
         if t.early_unplug {

@@ -548,7 +548,7 @@ impl Validator {
                         self.err(format!("{zk}.capacity"), "missing");
                         None
                     }
-                    Some(c) if c >= 1 && c <= 100_000 => Some(c as u32),
+                    Some(c) if (1..=100_000).contains(&c) => Some(c as u32),
                     Some(c) => {
                         self.err(
                             format!("{zk}.capacity"),
@@ -965,7 +965,7 @@ impl Validator {
         let mut kw = |name: &str, v: Option<f64>, cur: f64| -> f64 {
             match v {
                 None => cur,
-                Some(x) if x.is_finite() && x >= 0.0 && x <= 1000.0 => x,
+                Some(x) if x.is_finite() && (0.0..=1000.0).contains(&x) => x,
                 Some(x) => {
                     self.err(
                         format!("{key}.{name}"),

@@ -98,6 +98,7 @@ pub fn bad_request(msg: impl Into<String>) -> Response {
 }
 
 /// `from`/`to` as RFC 3339 or epoch milliseconds.
+#[allow(clippy::result_large_err)] // the error is the HTTP response itself, built once
 pub fn parse_time(name: &str, v: &Option<String>) -> Result<Option<i64>, Response> {
     match v.as_deref() {
         None | Some("") => Ok(None),

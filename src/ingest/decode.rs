@@ -70,7 +70,7 @@ fn resolve_ts(ts: Option<RawTs<'_>>, recv_ms: TsMs) -> Result<(TsMs, bool), Deco
     let t = match ts {
         None => return Ok((recv_ms, false)),
         Some(RawTs::Ms(ms)) => {
-            if !ms.is_finite() || ms < 0.0 || ms > 1e15 {
+            if !ms.is_finite() || !(0.0..=1e15).contains(&ms) {
                 return Err(DecodeError::OutOfRange(format!("ts {ms}")));
             }
             ms as TsMs

@@ -175,9 +175,8 @@ pub fn upsert_session(tx: &Transaction<'_>, s: &SessionRecord) -> rusqlite::Resu
 }
 
 pub fn session_exists(tx: &Transaction<'_>, session_key: &str) -> rusqlite::Result<bool> {
-    Ok(tx
-        .prepare_cached("SELECT 1 FROM sessions WHERE session_key = ?1")?
-        .exists([session_key])?)
+    tx.prepare_cached("SELECT 1 FROM sessions WHERE session_key = ?1")?
+        .exists([session_key])
 }
 
 /// Records an event; `Some(seq)` when it is new, `None` when its `event_id` was already
@@ -314,33 +313,6 @@ pub fn mark_published(conn: &Connection, seqs: &[i64]) -> rusqlite::Result<()> {
     tx.commit()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::domain::event::{event_id, EventKind};
-
-    #[test]
-    fn event_insert_is_idempotent_by_event_id() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut conn = open(dir.path()).unwrap();
-        let id = event_id("s", "c", "k", EventKind::ChargingComplete, 1);
-        let mut e = Event::new(EventKind::ChargingComplete, 1000, "s", id);
-        e.charger = Some("c".into());
-        let tx = conn.transaction().unwrap();
-        assert_eq!(insert_event(&tx, &e, Some("k")).unwrap(), Some(1));
-        assert_eq!(insert_event(&tx, &e, Some("k")).unwrap(), None);
-        tx.commit().unwrap();
-        assert_eq!(unpublished_events(&conn, 10).unwrap().len(), 1);
-        mark_published(&conn, &[1]).unwrap();
-        assert!(unpublished_events(&conn, 10).unwrap().is_empty());
-        assert_eq!(events_after(&conn, 0, 10).unwrap().len(), 1);
-        // reopening migrates nothing twice
-        drop(conn);
-        let conn = open(dir.path()).unwrap();
-        assert_eq!(events_after(&conn, 0, 10).unwrap()[0].event_id, e.event_id);
-    }
-}
-
 /// A write transaction that takes the write lock up front (`BEGIN IMMEDIATE`), so under
 /// WAL it waits for other writers (busy timeout) instead of failing with "database is
 /// locked" when a deferred read would have to upgrade. Inside an open transaction (the
@@ -392,5 +364,32 @@ impl Drop for WriteTx<'_> {
                 "ROLLBACK"
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::event::{event_id, EventKind};
+
+    #[test]
+    fn event_insert_is_idempotent_by_event_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open(dir.path()).unwrap();
+        let id = event_id("s", "c", "k", EventKind::ChargingComplete, 1);
+        let mut e = Event::new(EventKind::ChargingComplete, 1000, "s", id);
+        e.charger = Some("c".into());
+        let tx = conn.transaction().unwrap();
+        assert_eq!(insert_event(&tx, &e, Some("k")).unwrap(), Some(1));
+        assert_eq!(insert_event(&tx, &e, Some("k")).unwrap(), None);
+        tx.commit().unwrap();
+        assert_eq!(unpublished_events(&conn, 10).unwrap().len(), 1);
+        mark_published(&conn, &[1]).unwrap();
+        assert!(unpublished_events(&conn, 10).unwrap().is_empty());
+        assert_eq!(events_after(&conn, 0, 10).unwrap().len(), 1);
+        // reopening migrates nothing twice
+        drop(conn);
+        let conn = open(dir.path()).unwrap();
+        assert_eq!(events_after(&conn, 0, 10).unwrap()[0].event_id, e.event_id);
     }
 }

@@ -379,11 +379,14 @@ fn dechunk(mut s: &str) -> String {
 
 /// A test MQTT client (rumqttc) with its event loop polled in the background; received
 /// publishes are collected for assertions.
+/// Received publishes: (topic, payload, retained).
+pub type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>, bool)>>>;
+
 pub struct MqttClient {
     pub client: rumqttc::AsyncClient,
     acked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     sent: std::sync::atomic::AtomicUsize,
-    pub received: std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>, bool)>>>,
+    pub received: Received,
     task: tokio::task::JoinHandle<()>,
 }
 

@@ -631,7 +631,7 @@ fn meter_values(
         if r.is_empty() {
             continue;
         }
-        let in_order = c.last_meter_ts.map_or(true, |l| ts >= l);
+        let in_order = c.last_meter_ts.is_none_or(|l| ts >= l);
         let session_wh = match (c.tx.as_mut(), r.energy_wh) {
             (Some(tx), Some(wh)) if in_order && !tx.ended => tx.energy.advance(wh),
             (Some(tx), Some(wh)) if !tx.ended || names_tx => tx.energy.peek(wh),
@@ -709,7 +709,7 @@ fn stop_transaction(
         st.saw(ts);
         return Ok(vec![]);
     }
-    let in_order = c.last_meter_ts.map_or(true, |l| ts >= l);
+    let in_order = c.last_meter_ts.is_none_or(|l| ts >= l);
     let session_wh = match c.tx.as_mut() {
         Some(tx) => {
             tx.tx_id = Some(tx_id);

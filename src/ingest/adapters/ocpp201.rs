@@ -344,7 +344,7 @@ fn transaction_event(
     }
     let key = key_for(target, caps, evse_id, e.connector)?;
     // A new transaction, or one whose Started we missed.
-    if e.tx.as_ref().map_or(true, |t| t.id != tx_id) {
+    if e.tx.as_ref().is_none_or(|t| t.id != tx_id) {
         e.tx = Some(Tx {
             id: tx_id.to_string(),
             id_tag: None,
@@ -387,7 +387,7 @@ fn transaction_event(
         });
     }
     for (mts, r) in readings {
-        let in_order = e.last_meter_ts.map_or(true, |l| mts >= l);
+        let in_order = e.last_meter_ts.is_none_or(|l| mts >= l);
         let session_wh = match (e.tx.as_mut(), r.energy_wh) {
             (Some(tx), Some(wh)) if in_order && !tx.ended => {
                 if tx.started_seen && tx.energy.start_wh.is_none() {

@@ -496,7 +496,7 @@ async fn attempt(shared: &Arc<Shared>, job: Job) {
     let rec = {
         let error = error.clone();
         db(shared, move |c| {
-            let tx = crate::store::write_tx(&c)?;
+            let tx = crate::store::write_tx(c)?;
             tx.execute(
                 "INSERT INTO notification_attempts
                     (notification_id, attempt, started_ms, finished_ms, outcome, status_code, error)
