@@ -234,10 +234,15 @@ async fn lounge(
     if !st.is_staff(&headers) {
         return unauthorized();
     }
-    let (from, to) = match range(&q, now_ms()) {
+    let (from, to) = match range(&q, now_ms() + 1) {
         Ok(r) => r,
         Err(r) => return r,
     };
+    // The current occupancy is a sample too (the ring may not have ticked yet).
+    let now = now_ms();
+    for z in st.live.zones() {
+        ring.record(&z.site, &z.zone, z.capacity, z.occupancy, now);
+    }
     let zones: Vec<_> = ring
         .samples(from, to)
         .into_iter()

@@ -46,9 +46,9 @@
   }
 
   const otherLang = LANG === "it" ? "en" : "it";
-  app.append(
-    el("div", { class: "lang-switch" }, el("a", { href: "?lang=" + otherLang }, otherLang === "en" ? "English" : "Italiano")),
-    el("header", {}, el("h1", {}, PAGE.bay), el("p", {}, PAGE.site_name)));
+  app.append(el("header", {},
+    el("p", {}, PAGE.site_name),
+    el("span", { class: "lang-switch" }, el("a", { href: "?lang=" + otherLang }, otherLang === "en" ? "English" : "Italiano"))));
 
   let state = { site: PAGE.site, charger: PAGE.charger, bay: PAGE.bay, online: false, status: null, session: null };
   const cardBox = el("div", {});
@@ -71,7 +71,7 @@
   }
 
   function renderLinked(link, note) {
-    panel.replaceChildren(
+    fill(panel,
       el("h2", {}, T("notify_title")),
       note ? el("p", { class: "muted" }, note) : null,
       el("p", { class: "ok", "data-testid": "linked" },
@@ -104,7 +104,7 @@
       el("label", {}, T("address"), address),
       el("label", {}, T("language"), lang),
       button);
-    panel.replaceChildren(
+    fill(panel,
       el("h2", {}, T("notify_title")),
       el("p", { class: "promise", "data-testid": "promise" }, promise()),
       message ? el("p", { class: isError ? "error" : "muted", role: isError ? "alert" : null }, message) : null,

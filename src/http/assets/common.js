@@ -12,9 +12,9 @@ const TEXT = {
     suspended_evse: "In attesa", suspended_ev: "In pausa", finishing: "In chiusura",
     reserved: "Riservata", unavailable: "Non disponibile", faulted: "Guasto",
     offline: "Non in linea", ready: "Pronta", unknown: "—",
-    power: "Potenza", eta: "Al {t} %", eta_in: "tra {m}", ready_since: "Pronta da {m}",
+    power: "Potenza", eta: "{t} % tra", energy: "Energia", ready_since: "Pronta da {m}",
     ready_big: "Ricarica completata", stopped: "Ricarica interrotta al {soc} %",
-    free_bay: "Disponibile", lounge: "Lounge", seats: "posti", full: "Completa",
+    free_bay: "Disponibile", out_faulted: "Fuori servizio", out_offline: "Nessun segnale", out_unavailable: "Fuori servizio", lounge: "Lounge", seats: "posti", full: "Completa",
     live: "In diretta", reconnecting: "Riconnessione…",
     min: "min", h: "h",
   },
@@ -23,9 +23,9 @@ const TEXT = {
     suspended_evse: "Waiting", suspended_ev: "Paused", finishing: "Finishing",
     reserved: "Reserved", unavailable: "Unavailable", faulted: "Fault",
     offline: "Offline", ready: "Ready", unknown: "—",
-    power: "Power", eta: "To {t} %", eta_in: "in {m}", ready_since: "Ready for {m}",
+    power: "Power", eta: "{t} % in", energy: "Energy", ready_since: "Ready for {m}",
     ready_big: "Charging complete", stopped: "Charging stopped at {soc} %",
-    free_bay: "Available", lounge: "Lounge", seats: "seats", full: "Full",
+    free_bay: "Available", out_faulted: "Out of order", out_offline: "No signal", out_unavailable: "Out of service", lounge: "Lounge", seats: "seats", full: "Full",
     live: "Live", reconnecting: "Reconnecting…",
     min: "min", h: "h",
   },
@@ -83,7 +83,6 @@ function bayState(c) {
 function bayCard(c) {
   const state = bayState(c);
   const s = c.session && !c.session.ended ? c.session : null;
-  const plugged = !!s;
   const soc = c.soc_pct;
   const target = c.target_soc_pct || (s && s.target_soc_pct);
   const card = el("article", {
@@ -93,28 +92,36 @@ function bayCard(c) {
   card.append(el("div", { class: "top" },
     el("span", { class: "bayname" }, c.bay || c.charger),
     el("span", { class: "pill", "data-testid": "status" }, t(state))));
+  const main = el("div", { class: "body" });
+  card.append(main);
   // The vehicle label, never the owner.
-  card.append(el("div", { class: "vehicle" }, plugged ? (c.vehicle || s.vehicle || "") : t("free_bay")));
-  if (plugged && soc !== null && soc !== undefined) {
-    const bar = el("div", { class: "soc" },
+  if (s) main.append(el("div", { class: "vehicle" }, c.vehicle || s.vehicle || ""));
+  else if (state === "available") main.append(el("div", { class: "vehicle muted" }, t("free_bay")));
+  else if (["faulted", "offline", "unavailable"].includes(state)) main.append(el("div", { class: "vehicle muted" }, t("out_" + state)));
+  if (s && soc !== null && soc !== undefined) {
+    main.append(el("div", { class: "soc" },
       el("i", { style: "width:" + Math.max(0, Math.min(100, soc)) + "%" }),
       target ? el("b", { class: "target", style: "left:calc(" + Math.min(100, target) + "% - 2px)" }) : null,
-      el("span", {}, num(soc) + " %"));
-    card.append(bar);
+      el("span", {}, num(soc) + " %")));
   }
   if (state === "ready") {
     const since = s.completed ? (Date.now() - Date.parse(s.completed)) / 1000 : null;
-    card.append(el("div", { class: "big" }, t("ready_big")));
-    if (since !== null && since > 60) card.append(el("div", { class: "facts" }, t("ready_since", { m: fmtDuration(since) })));
-  } else if (plugged) {
+    main.append(el("div", { class: "big" }, t("ready_big")));
+    if (since !== null && since > 60) main.append(el("div", { class: "facts" }, el("span", {}, t("ready_since", { m: fmtDuration(since) }))));
+  } else if (s) {
+    const fact = (label, value) => el("div", { class: "fact" }, el("span", {}, label), el("b", {}, value));
     const facts = el("div", { class: "facts" });
-    facts.append(el("span", {}, t("power") + " ", el("b", {}, c.power_kw != null ? num(c.power_kw) + " kW" : "—")));
-    if (c.eta_s != null && target) {
-      facts.append(el("span", {}, t("eta", { t: num(target) }) + " ", el("b", {}, t("eta_in", { m: fmtDuration(c.eta_s) }))));
-    }
-    card.append(facts);
+    facts.append(fact(t("power"), c.power_kw != null ? num(c.power_kw) + " kW" : "—"));
+    if (c.eta_s != null && target) facts.append(fact(t("eta", { t: num(target) }), fmtDuration(c.eta_s)));
+    if (s.energy_kwh) facts.append(fact(t("energy"), num(s.energy_kwh, 1) + " kWh"));
+    main.append(facts);
   }
   return card;
+}
+
+// replaceChildren without the null/false placeholders of conditional content.
+function fill(parent, ...kids) {
+  parent.replaceChildren(...kids.flat().filter((k) => k !== null && k !== undefined && k !== false));
 }
 
 // The live stream: `onItem(kind, data, id)` for every event and state change. The browser

@@ -51,7 +51,7 @@
 
   // Grouped vertical bars: labels along x, one bar per series in each group.
   function barChart(labels, series, opts) {
-    const W = 640, H = 260, L = 44, B = 40, Tp = 12, R = 8;
+    const W = 640, H = 260, L = 44, B = 40, Tp = 12, R = 24;
     const max = opts.max || niceMax(Math.max(0, ...series.flatMap((s) => s.values)));
     const g = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": opts.label || "" });
     const ph = H - B - Tp, pw = W - L - R;
@@ -78,7 +78,7 @@
 
   // Lines over time: series of [ms, value] points.
   function lineChart(series, opts) {
-    const W = 640, H = 260, L = 44, B = 40, Tp = 12, R = 8;
+    const W = 640, H = 260, L = 44, B = 40, Tp = 12, R = 24;
     const pts = series.flatMap((s) => s.points);
     const x0 = opts.from, x1 = opts.to;
     const max = opts.max || niceMax(Math.max(0, ...pts.map((p) => p[1])));
