@@ -52,6 +52,7 @@ pub struct RangeQuery {
 }
 
 /// `from`/`to` with defaults (the last 24 h), validated.
+#[allow(clippy::result_large_err)] // the error is the response itself, as in `api`
 fn range(q: &RangeQuery, now: i64) -> Result<(i64, i64), Response> {
     let to = parse_time("to", &q.to)?.unwrap_or(now);
     let from = parse_time("from", &q.from)?.unwrap_or(to - DAY_MS);
@@ -142,7 +143,7 @@ async fn usage(
         }
         let chargers: Vec<String> = chargers
             .iter()
-            .filter(|c| charger_filter.as_deref().is_none_or(|f| f == c.as_str()))
+            .filter(|c| charger_filter.as_deref().map_or(true, |f| f == c.as_str()))
             .cloned()
             .collect();
         if chargers.is_empty() {

@@ -52,7 +52,7 @@
   // Grouped vertical bars: labels along x, one bar per series in each group.
   function barChart(labels, series, opts) {
     const W = 640, H = 260, L = 44, B = 40, Tp = 12, R = 24;
-    const max = opts.max || niceMax(Math.max(0, ...series.flatMap((s) => s.values)));
+    const max = opts.max || niceMax(Math.max(opts.integer ? 4 : 0, ...series.flatMap((s) => s.values)));
     const g = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": opts.label || "" });
     const ph = H - B - Tp, pw = W - L - R;
     for (let i = 0; i <= 4; i++) {
@@ -237,7 +237,7 @@
       })));
     body.append(el("div", { class: "grid2" },
       panel(T("perCharger"), table),
-      panel(T("notif"), chans.length ? barChart(chans, nseries, { label: T("notif") }) : none(), legend(nseries))));
+      panel(T("notif"), chans.length ? barChart(chans, nseries, { label: T("notif"), integer: true }) : none(), legend(nseries))));
 
     const latest = sessions.slice(0, 50);
     const dt = (s) => (s ? new Date(s).toLocaleString(locale, { day: "2-digit", month: "2-digit", hour: "2-digit", minute: "2-digit" }) : "—");
