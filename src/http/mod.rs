@@ -4,6 +4,9 @@
 pub mod api;
 pub mod guests;
 pub mod metrics;
+pub mod pages;
+pub mod sse;
+pub mod stats;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -114,7 +117,12 @@ pub fn unauthorized() -> Response {
 }
 
 pub fn router(state: AppState) -> axum::Router {
-    api::routes().merge(guests::routes()).with_state(state)
+    api::routes()
+        .merge(guests::routes())
+        .merge(sse::routes())
+        .merge(stats::routes(&state))
+        .merge(pages::routes())
+        .with_state(state)
 }
 
 /// Binds the listener (port 0 picks a free one) and returns it with its real address.

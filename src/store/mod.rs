@@ -2,6 +2,7 @@
 //! tables of the notification outbox. One writer (the commit thread) plus readers.
 
 pub mod queries;
+pub mod stats;
 
 use std::path::{Path, PathBuf};
 
