@@ -73,6 +73,12 @@ async fn demo_runs_a_site_end_to_end() {
         .any(|c| c["bay"] == "Bay 1"));
     let (code, _) = http_get(&format!("{base}/healthz"), None).unwrap();
     assert_eq!(code, 200);
+    let (code, board) = http_get(&format!("{base}/"), None).unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        board.contains("<html") && board.contains("/api/v1/events"),
+        "the lounge board: {board}"
+    );
 
     wait_for_async("a charging_complete", Duration::from_secs(120), || async {
         (sub.count("/events/charging_complete") >= 1).then_some(())

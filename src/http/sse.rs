@@ -56,8 +56,8 @@ impl Filter {
     }
 
     fn matches_ids(&self, site: &str, charger: Option<&str>) -> bool {
-        self.site.as_deref().map_or(true, |s| s == site)
-            && self.charger.as_deref().map_or(true, |c| charger == Some(c))
+        self.site.as_deref().is_none_or(|s| s == site)
+            && self.charger.as_deref().is_none_or(|c| charger == Some(c))
     }
 
     /// Matches a JSON payload by its `site` and `charger` fields.

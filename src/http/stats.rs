@@ -143,7 +143,7 @@ async fn usage(
         }
         let chargers: Vec<String> = chargers
             .iter()
-            .filter(|c| charger_filter.as_deref().map_or(true, |f| f == c.as_str()))
+            .filter(|c| charger_filter.as_deref().is_none_or(|f| f == c.as_str()))
             .cloned()
             .collect();
         if chargers.is_empty() {

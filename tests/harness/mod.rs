@@ -189,12 +189,17 @@ pub fn bin() -> &'static str {
 impl Daemon {
     /// Writes `config` (TOML, without `data_dir`/`http`) and starts the daemon.
     pub fn start(dir: &Path, config: &str) -> Self {
+        Self::start_http(dir, config, "")
+    }
+
+    /// Like [`Daemon::start`], with extra keys for the `[http]` section the harness writes.
+    pub fn start_http(dir: &Path, config: &str, http_extra: &str) -> Self {
         let data_dir = dir.join("data");
         let config_path = dir.join("evlounge.toml");
         std::fs::write(
             &config_path,
             format!(
-                "data_dir = {:?}\n{config}\n[http]\nlisten = \"127.0.0.1:0\"\n",
+                "data_dir = {:?}\n{config}\n[http]\nlisten = \"127.0.0.1:0\"\n{http_extra}\n",
                 data_dir.display()
             ),
         )

@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::harness::{wait_for_async, Daemon, Mosquitto, MqttClient};
+use crate::harness::{wait_for_async, Daemon, Mosquitto};
 
 pub const TOKEN: &str = "staff-Secret-42";
 pub const TOPIC: &str = "evlounge/milano/charger/hpc-3/telemetry";
@@ -41,46 +41,15 @@ timezone = "Europe/Rome"
     )
 }
 
-/// Starts the daemon with extra `[http]` keys (the harness writes that section itself, so
-/// the file is completed and the daemon restarted before any test traffic). The first run
-/// also leaves the daemon's persistent session with its subscriptions on the broker, so
-/// nothing published after this returns can miss them.
+/// Starts the daemon with extra `[http]` keys; it returns once the daemon's subscriptions
+/// stand, so nothing published afterwards is missed.
 pub async fn start_daemon(
     dir: &std::path::Path,
-    broker: &Mosquitto,
+    _broker: &Mosquitto,
     config: &str,
     http_extra: &str,
 ) -> Daemon {
-    let mut d = Daemon::start(dir, config);
-    let probe = MqttClient::connect(broker.port, "t-probe", &[]).await;
-    wait_for_async(
-        "the daemon's subscriptions",
-        Duration::from_secs(30),
-        || async {
-            // Invalid JSON changes no state; it is counted once it is received.
-            probe.publish(TOPIC, "probe: not json").await;
-            d.metrics()
-                .lines()
-                .filter(|l| l.starts_with("evlounge_decode_errors_total"))
-                .any(|l| {
-                    l.rsplit(' ')
-                        .next()
-                        .and_then(|v| v.parse::<f64>().ok())
-                        .is_some_and(|v| v >= 1.0)
-                })
-                .then_some(())
-        },
-    )
-    .await;
-    d.kill();
-    let text = std::fs::read_to_string(&d.config_path).expect("read config");
-    std::fs::write(
-        &d.config_path,
-        text.replace("[http]\n", &format!("[http]\n{http_extra}\n")),
-    )
-    .expect("write config");
-    d.spawn();
-    d
+    Daemon::start_http(dir, config, http_extra)
 }
 
 pub fn base_ts() -> i64 {
