@@ -132,42 +132,7 @@ fn tls_config(cfg: &MqttConfig) -> anyhow::Result<rustls::ClientConfig> {
     Ok(config)
 }
 
-/// Jittered exponential backoff: full jitter over `[base, min(cap, base·2^n)]`.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    base: Duration,
-    cap: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    pub fn new(base: Duration, cap: Duration) -> Self {
-        Backoff {
-            base,
-            cap,
-            attempt: 0,
-        }
-    }
-
-    pub fn next_delay(&mut self) -> Duration {
-        let exp = self
-            .base
-            .saturating_mul(1u32 << self.attempt.min(16))
-            .min(self.cap);
-        self.attempt = self.attempt.saturating_add(1);
-        let lo = self.base.as_millis() as u64;
-        let hi = (exp.as_millis() as u64).max(lo);
-        Duration::from_millis(rand::Rng::gen_range(&mut rand::thread_rng(), lo..=hi))
-    }
-
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-
-    pub fn attempts(&self) -> u32 {
-        self.attempt
-    }
-}
+pub use crate::util::backoff::Backoff;
 
 pub struct Ingest {
     pub eventloop: EventLoop,
@@ -340,20 +305,6 @@ pub async fn goodbye(client: &AsyncClient, eventloop: &mut EventLoop, prefix: &s
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_with_jitter_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        for _ in 0..20 {
-            let d = b.next_delay();
-            assert!(d >= Duration::from_millis(100) && d <= Duration::from_secs(5));
-        }
-        assert_eq!(b.attempts(), 20);
-        b.reset();
-        assert_eq!(b.attempts(), 0);
-        let first = b.next_delay();
-        assert!(first <= Duration::from_millis(100));
-    }
 
     #[test]
     fn subscriptions_cover_the_contract_topics() {

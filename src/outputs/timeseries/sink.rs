@@ -17,7 +17,6 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use flate2::write::GzEncoder;
 use flate2::Compression;
-use rand::Rng;
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
 use tokio::sync::watch;
 use tokio::time::{sleep, sleep_until, Instant};
@@ -129,35 +128,7 @@ pub fn parse_retry_after(v: &str, now: SystemTime) -> Option<Duration> {
     Some(d.min(MAX_RETRY_AFTER))
 }
 
-/// Exponential backoff with full jitter: uniform in [0, min(cap, base·2^n)].
-#[derive(Debug)]
-pub struct Backoff {
-    base: Duration,
-    cap: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    pub fn new(base: Duration, cap: Duration) -> Self {
-        Backoff {
-            base,
-            cap,
-            attempt: 0,
-        }
-    }
-    pub fn next_delay(&mut self) -> Duration {
-        let ceiling = self
-            .base
-            .saturating_mul(1u32 << self.attempt.min(20))
-            .min(self.cap);
-        self.attempt = self.attempt.saturating_add(1);
-        let ms = ceiling.as_millis() as u64;
-        Duration::from_millis(rand::thread_rng().gen_range(0..=ms))
-    }
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
+pub use crate::util::backoff::Backoff;
 
 /// Byte offset after the `n`-th line of `body` (lines are `\n`-terminated).
 pub fn split_after_lines(body: &[u8], n: usize) -> usize {
@@ -629,25 +600,6 @@ mod tests {
         assert_eq!(parse_retry_after("99999", now), Some(MAX_RETRY_AFTER));
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-1", now), None);
-    }
-
-    #[test]
-    fn backoff_is_jittered_and_capped() {
-        let mut b = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
-        let mut max_seen = Duration::ZERO;
-        for i in 0..40 {
-            let d = b.next_delay();
-            let ceiling =
-                Duration::from_millis(200 * (1u64 << i.min(20))).min(Duration::from_secs(30));
-            assert!(d <= ceiling, "{d:?} > {ceiling:?}");
-            max_seen = max_seen.max(d);
-        }
-        assert!(
-            max_seen > Duration::from_secs(1),
-            "jitter never grew: {max_seen:?}"
-        );
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(200));
     }
 
     #[test]
