@@ -76,10 +76,15 @@ async fn demo_runs_a_site_end_to_end() {
     let (code, board) = http_get(&format!("{base}/"), None).unwrap();
     assert_eq!(code, 200);
     assert!(
-        board.contains("<html") && board.contains("/api/v1/events"),
+        board.contains("<html") && board.contains("/assets/board.js"),
         "the lounge board: {board}"
     );
-
+    let (code, js) = http_get(&format!("{base}/assets/common.js"), None).unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        js.contains("/api/v1/events"),
+        "the board updates live over SSE"
+    );
     wait_for_async("a charging_complete", Duration::from_secs(120), || async {
         (sub.count("/events/charging_complete") >= 1).then_some(())
     })

@@ -485,4 +485,59 @@ mod tests {
             })
         );
     }
+
+    mod fuzz {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn json_value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("null".to_string()),
+                any::<bool>().prop_map(|b| b.to_string()),
+                any::<f64>().prop_map(|f| format!("{f:?}")),
+                any::<i64>().prop_map(|i| i.to_string()),
+                "[a-z_]{0,12}".prop_map(|s| format!("{s:?}")),
+                Just("[1,2]".to_string()),
+                Just("{}".to_string()),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+                let _ = telemetry(&bytes, 1_795_547_378_380);
+                let _ = lounge(&bytes, 1_795_547_378_380);
+                let _ = availability(&bytes);
+            }
+
+            #[test]
+            fn weird_values_in_the_right_places_never_panic_and_stay_in_range(
+                fields in proptest::collection::vec(
+                    (prop_oneof![
+                        Just("ts"), Just("status"), Just("power_kw"), Just("soc_pct"),
+                        Just("session_kwh"), Just("meter_kwh"), Just("target_soc_pct"),
+                        Just("occupancy"), Just("entered"), Just("co2_ppm"), Just("presence"),
+                    ], json_value()),
+                    0..8,
+                ),
+            ) {
+                let body = format!(
+                    "{{{}}}",
+                    fields.iter().map(|(k, v)| format!("{k:?}:{v}")).collect::<Vec<_>>().join(",")
+                );
+                if let Ok(d) = telemetry(body.as_bytes(), 1_795_547_378_380) {
+                    let t = d.value;
+                    prop_assert!(t.status.is_some());
+                    prop_assert!(t.soc_pct.is_none_or(|s| (0.0..=100.0).contains(&s)));
+                    prop_assert!(t.session_kwh.is_none_or(|k| k >= 0.0));
+                    prop_assert!(t.power_kw.is_none_or(f64::is_finite));
+                }
+                if let Ok(d) = lounge(body.as_bytes(), 1_795_547_378_380) {
+                    prop_assert!(d.value.co2_ppm.is_none_or(f64::is_finite));
+                }
+            }
+        }
+    }
 }
