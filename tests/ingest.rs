@@ -192,3 +192,61 @@ async fn malformed_flood_is_counted_and_skipped() {
         "{rejected_lines} log lines for 10k rejects"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_is_retained_online_and_offline_at_shutdown_and_rejects_go_to_dead_letter() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start(
+        dir.path(),
+        &format!(
+            "{}dead_letter_topic = \"evlounge/deadletter\"\n",
+            config(&broker)
+        ),
+    );
+    // A late subscriber still sees the retained status.
+    let watcher = MqttClient::connect(
+        broker.port,
+        "t-status",
+        &["evlounge/status", "evlounge/deadletter/#"],
+    )
+    .await;
+    wait_for_async("retained online", Duration::from_secs(10), || async {
+        watcher
+            .received
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(t, p, retained)| t == "evlounge/status" && p == b"online" && *retained)
+            .then_some(())
+    })
+    .await;
+    let c = MqttClient::connect(broker.port, "t-dl", &[]).await;
+    c.publish(TELEMETRY, "{broken").await;
+    c.wait_acked().await;
+    wait_for_async("dead letter copy", Duration::from_secs(10), || async {
+        watcher
+            .received
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(t, p, _)| t == "evlounge/deadletter/invalid_json" && p == b"{broken")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(d.stop(), Some(0));
+    wait_for_async(
+        "offline at clean shutdown",
+        Duration::from_secs(10),
+        || async {
+            watcher
+                .received
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|(t, p, _)| t == "evlounge/status" && p == b"offline")
+                .then_some(())
+        },
+    )
+    .await;
+}
