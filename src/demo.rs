@@ -171,6 +171,11 @@ pub async fn run(
     // Prefer the usual port; take any free one when it is busy.
     if opts.http.is_none() && std::net::TcpListener::bind(cfg.http.listen).is_err() {
         cfg.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        // replaced by the bound address at start
+        cfg.http.public_url = format!("http://{}", cfg.http.listen);
+    }
+    if !cfg.http.listen.ip().is_loopback() && cfg.http.staff_token.is_none() {
+        anyhow::bail!("http.staff_token is required when the demo listens beyond loopback");
     }
     let prefix = cfg.mqtt.prefix.clone();
     println!("evlounge: broker mqtt://{broker}");

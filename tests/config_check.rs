@@ -63,6 +63,9 @@ fn bad_configs_name_their_keys() {
         ("[mqtt]\nmax_payload_bytes = -4\n", "mqtt.max_payload_bytes"),
         ("[log]\nformat = \"xml\"\n", "log.format"),
         ("[mqtt]\nurl = 5\n", "mqtt.url"),
+        ("[mqtt]\ndead_letter_topic = \"dl/#\"\n", "mqtt.dead_letter_topic"),
+        ("[mqtt]\ndead_letter_topic = \"evlounge/x/lounge/z\"\n", "mqtt.dead_letter_topic"),
+        ("[mqtt]\nkeep_alive = \"30h\"\n", "mqtt.keep_alive"),
     ];
     for (toml, key) in cases {
         let (code, stdout, stderr) = check(toml, &[]);

@@ -237,3 +237,32 @@ async fn broker_outage_while_the_car_completes_delays_but_keeps_the_event() {
     quiet_period().await;
     assert_eq!(sub.count("/events/charging_complete"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_published_again_when_the_broker_lost_the_session() {
+    // A broker without persistence forgets our session on restart; what rumqttc had in
+    // flight is then gone, so the daemon publishes its recent events again (same event_id).
+    let mut broker = Mosquitto::start_volatile();
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &config(&broker));
+    let publ = MqttClient::connect(broker.port, "t-pub", &[]).await;
+    let (a, b) = dc_session(base_ts());
+    for m in a.iter().chain(b.iter()) {
+        publ.publish(TOPIC, m.clone()).await;
+    }
+    publ.wait_acked().await;
+    wait_session_closed(&d).await;
+    // Published before anyone listened; the store has them.
+    let first = d.get_json("/api/v1/sessions").unwrap();
+    assert_eq!(first["sessions"][0]["outcome"], "completed");
+    broker.restart();
+    let sub = MqttClient::connect(broker.port, "t-sub-b", &["evlounge/milano/events/#"]).await;
+    wait_events(&sub, "charging_complete", 1).await;
+    let ev = &sub.messages("/events/charging_complete")[0];
+    assert_eq!(ev["session_id"], "T-1842");
+    assert!(
+        d.log().contains("the broker lost our session"),
+        "{}",
+        d.log()
+    );
+}

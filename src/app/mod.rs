@@ -1,6 +1,8 @@
 //! Wiring: `run(config, shutdown)` spawns every task in one place and shuts down in order:
-//! stop intake → drain the commit thread (final commit) → flush MQTT out → say goodbye to
-//! the broker → flush time series → let notifications finish the attempt in flight → exit.
+//! stop intake → drain the commit thread (final commit) → flush MQTT out → let the
+//! notification worker finish the attempt in flight (its MQTT channel still needs the
+//! connection) → say goodbye to the broker → flush time series (the rest stays in the
+//! spool) → stop HTTP → exit.
 
 pub mod live;
 pub mod processor;
@@ -63,6 +65,15 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()>,
     on_started: impl FnOnce(Started),
 ) -> anyhow::Result<()> {
+    let mut cfg = cfg;
+    // Bind first: with port 0 the real address is known only now, and the default public
+    // URL (QR codes, links in notifications) must name it.
+    let (listener, addr) = http::bind(cfg.http.listen)
+        .await
+        .with_context(|| format!("http.listen {}", cfg.http.listen))?;
+    if cfg.http.listen.port() == 0 && cfg.http.public_url == format!("http://{}", cfg.http.listen) {
+        cfg.http.public_url = format!("http://{addr}");
+    }
     let cfg = Arc::new(cfg);
     let metrics = http::metrics::handle();
     std::fs::create_dir_all(&cfg.data_dir)
@@ -126,9 +137,14 @@ pub async fn run_with(
         sink_task = Some(tokio::spawn(ts.task));
         sink_stop = Some(ts.shutdown);
     }
+    // `commit_alive` closes when the commit thread ends, however it ends.
+    let (commit_alive_tx, mut commit_alive) = watch::channel(());
     let commit = std::thread::Builder::new()
         .name("commit".into())
-        .spawn(move || processor.run(in_rx))
+        .spawn(move || {
+            let _alive = commit_alive_tx;
+            processor.run(in_rx)
+        })
         .context("spawning the commit thread")?;
 
     // Ingest: intake stops on `stop_intake`; the event loop keeps polling (so MQTT out can
@@ -140,6 +156,7 @@ pub async fn run_with(
 
     let (out_stop_tx, out_stop_rx) = watch::channel(false);
     let mqtt_out = MqttOut {
+        marked_min: std::sync::atomic::AtomicI64::new(i64::MAX),
         handle: handle.clone(),
         rx: out_rx,
         data_dir: cfg.data_dir.clone(),
@@ -172,9 +189,6 @@ pub async fn run_with(
         notify: notify_cfg.clone(),
         limiter: Arc::new(http::RateLimiter::new(20)),
     };
-    let (listener, addr) = http::bind(cfg.http.listen)
-        .await
-        .with_context(|| format!("http.listen {}", cfg.http.listen))?;
     println!("evlounge: listening on http://{addr}");
     tracing::info!(%addr, "http listening");
     on_started(Started { http: addr });
@@ -194,30 +208,50 @@ pub async fn run_with(
         }
     });
 
-    shutdown.await;
+    // Runs until asked to stop, or until the commit thread is gone (nothing would be
+    // processed any more: exit non-zero so the supervisor restarts us).
+    let failed = tokio::select! {
+        _ = shutdown => false,
+        _ = commit_alive.changed() => true,
+    };
+    if failed {
+        tracing::error!("the commit thread ended unexpectedly; shutting down");
+    }
     tracing::info!("shutting down");
     let _ = stop_intake_tx.send(true);
     // The commit thread ends once the intake channel is closed and drained.
     let joined = tokio::task::spawn_blocking(move || commit.join()).await;
-    if !matches!(joined, Ok(Ok(()))) {
+    let commit_ok = matches!(joined, Ok(Ok(())));
+    if !commit_ok {
         tracing::error!("commit thread ended abnormally");
     }
     let _ = out_stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(5), out_task).await;
+    finish_within("mqtt out", Duration::from_secs(5), out_task).await;
     // The notification worker finishes the attempt in flight; the rest stays in the outbox.
     let _ = notify_stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(15), notify_task).await;
+    finish_within("notifications", Duration::from_secs(15), notify_task).await;
     let _ = finish_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(5), ingest_task).await;
+    finish_within("mqtt", Duration::from_secs(5), ingest_task).await;
     // What the sink cannot write within its drain time stays in the spool for next start.
     if let (Some(stop), Some(task)) = (sink_stop, sink_task) {
         stop.shutdown();
-        let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        finish_within("time series", Duration::from_secs(10), task).await;
     }
     let _ = http_stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(5), http_task).await;
+    finish_within("http", Duration::from_secs(5), http_task).await;
     tracing::info!("stopped");
+    if failed || !commit_ok {
+        anyhow::bail!("the commit thread failed; see the log");
+    }
     Ok(())
+}
+
+/// Waits for a task to finish its shutdown, and stops it when it takes longer.
+async fn finish_within(name: &str, limit: Duration, mut task: tokio::task::JoinHandle<()>) {
+    if tokio::time::timeout(limit, &mut task).await.is_err() {
+        tracing::warn!(task = name, "did not finish in time; stopped");
+        task.abort();
+    }
 }
 
 async fn run_ingest(

@@ -291,22 +291,35 @@ impl Processor {
     /// Runs until the inbound channel is closed and drained.
     pub fn run(mut self, rx: flume::Receiver<Inbound>) {
         let mut batch: Vec<Inbound> = Vec::with_capacity(BATCH_MAX);
+        // Messages of a batch that panicked, retried one at a time to find the poison one.
+        let mut singles: std::collections::VecDeque<Inbound> = std::collections::VecDeque::new();
+        let mut closed = false;
+        let mut failures = 0u32;
+        let mut backoff =
+            crate::util::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
-            match rx.recv_timeout(TICK) {
-                Ok(m) => {
+            // A batch whose commit failed is retried as it is (its messages stay unacked, in
+            // order, and later messages wait behind it: backpressure, never reordering).
+            if batch.is_empty() {
+                if let Some(m) = singles.pop_front() {
                     batch.push(m);
-                    while batch.len() < BATCH_MAX {
-                        match rx.try_recv() {
-                            Ok(m) => batch.push(m),
-                            Err(_) => break,
+                } else if !closed {
+                    match rx.recv_timeout(TICK) {
+                        Ok(m) => {
+                            batch.push(m);
+                            while batch.len() < BATCH_MAX {
+                                match rx.try_recv() {
+                                    Ok(m) => batch.push(m),
+                                    Err(_) => break,
+                                }
+                            }
                         }
+                        Err(flume::RecvTimeoutError::Timeout) => {}
+                        Err(flume::RecvTimeoutError::Disconnected) => closed = true,
                     }
                 }
-                Err(flume::RecvTimeoutError::Timeout) => {}
-                Err(flume::RecvTimeoutError::Disconnected) => {
-                    if batch.is_empty() {
-                        break;
-                    }
+                if closed && batch.is_empty() {
+                    break;
                 }
             }
             let tick_due = self.last_tick.elapsed() >= TICK;
@@ -314,18 +327,62 @@ impl Processor {
                 continue;
             }
             let started = Instant::now();
-            if let Err(e) = self.process(&mut batch, tick_due) {
-                // The batch is not acked: the broker redelivers it after a reconnect
-                // and the machines (restored from the store) decide it again.
-                tracing::error!(error = %e, "commit failed; batch left unacked");
-                metrics::counter!("evlounge_commit_failures_total").increment(1);
-                if let Err(e) = self.reload() {
-                    tracing::error!(error = %e, "reloading state after a failed commit failed");
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.process(&mut batch, tick_due)
+            }));
+            match result {
+                Ok(Ok(())) => {
+                    batch.clear();
+                    failures = 0;
+                    backoff.reset();
                 }
-                std::thread::sleep(Duration::from_millis(200));
+                Ok(Err(e)) => {
+                    failures += 1;
+                    metrics::counter!("evlounge_commit_failures_total").increment(1);
+                    if failures == 1 || failures % 20 == 0 {
+                        tracing::error!(error = %e, failures, "commit failed; retrying the batch (its messages stay unacked)");
+                    }
+                    if let Err(e) = self.reload() {
+                        tracing::error!(error = %e, "reloading state after a failed commit failed");
+                    }
+                    if closed && failures >= 5 {
+                        // Shutting down: leave them unacked; the broker redelivers them to
+                        // the next run, which decides them from the committed state.
+                        tracing::error!(
+                            messages = batch.len(),
+                            "giving up on the batch at shutdown"
+                        );
+                        break;
+                    }
+                    std::thread::sleep(backoff.next_delay());
+                }
+                Err(_) => {
+                    // A panic is a bug met by some input: find that message and skip it
+                    // (acked, counted) instead of crash-looping on its redelivery.
+                    metrics::counter!("evlounge_commit_failures_total").increment(1);
+                    if let Err(e) = self.reload() {
+                        tracing::error!(error = %e, "reloading state after a panic failed");
+                    }
+                    if batch.len() == 1 {
+                        let m = &batch[0];
+                        tracing::error!(topic = %m.topic, "a message made the decider panic; skipped");
+                        metrics::counter!("evlounge_decode_errors_total", "reason" => "panic", "adapter" => "evlounge").increment(1);
+                        if let (Some(mqtt), Some(ack)) = (&self.mqtt, &m.ack) {
+                            mqtt.ack(ack);
+                        }
+                    } else {
+                        tracing::error!(
+                            messages = batch.len(),
+                            "the decider panicked; retrying the batch one message at a time"
+                        );
+                        for m in batch.drain(..).rev() {
+                            singles.push_front(m);
+                        }
+                    }
+                    batch.clear();
+                }
             }
             metrics::histogram!("evlounge_batch_seconds").record(started.elapsed().as_secs_f64());
-            batch.clear();
         }
         tracing::info!("commit thread drained");
     }
@@ -691,16 +748,18 @@ impl Processor {
                 store::save_zone_state(&tx, &key.site, &key.zone, &json)?;
             }
         }
-        tx.commit()?;
-        if let Some(h) = self.hook.as_mut() {
-            h.after_commit();
-        }
-
+        // Points go to the spool before the commit: if the commit then fails, the batch is
+        // decided again and its points appended again, which the TSDB overwrites (same
+        // series and timestamp); the other order could lose them.
         if let Some(sink) = self.sink.as_mut() {
             if !p.points.is_empty() {
                 sink.append(&p.points)?;
                 sink.sync()?;
             }
+        }
+        tx.commit()?;
+        if let Some(h) = self.hook.as_mut() {
+            h.after_commit();
         }
 
         // Everything below reads what was committed.

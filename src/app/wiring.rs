@@ -146,10 +146,27 @@ impl CommitHook for NotifyHook {
             Ok(r) => r,
             Err(e) => {
                 metrics::counter!("evlounge_decode_errors_total", "reason" => "invalid_field", "adapter" => "frontdesk").increment(1);
-                tracing::warn!(error = %e.to_string().chars().take(120).collect::<String>(), "front-desk link rejected");
+                // serde's message may quote the offending value (an address): only where.
+                tracing::warn!(line = e.line(), column = e.column(), kind = ?e.classify(), "front-desk link rejected");
                 return;
             }
         };
+        // A QoS 1 message can be redelivered: the same link message links once.
+        let dedup = {
+            use sha2::{Digest, Sha256};
+            let mut h = Sha256::new();
+            h.update(site.as_bytes());
+            h.update(b"|");
+            h.update(payload);
+            format!("fd|{}", hex::encode(h.finalize()))
+        };
+        let seen = tx
+            .prepare_cached("SELECT 1 FROM guests WHERE dedup_key = ?1")
+            .and_then(|mut st| st.exists([&dedup]));
+        if matches!(seen, Ok(true)) {
+            tracing::debug!("front-desk link already applied (redelivery)");
+            return;
+        }
         if req.site != site {
             tracing::warn!(topic_site = %site, "front-desk link for another site rejected");
             return;
@@ -163,6 +180,12 @@ impl CommitHook for NotifyHook {
             .map(|s| s.session_key);
         match notify::link_guest(tx, &req, &self.cfg, current.as_deref(), now_ms) {
             Ok(link) => {
+                if let Err(e) = tx.execute(
+                    "UPDATE guests SET dedup_key = ?1 WHERE guest_id = ?2",
+                    rusqlite::params![dedup, link.guest_id],
+                ) {
+                    tracing::warn!(error = %e, "cannot record the front-desk link's dedup key");
+                }
                 tracing::info!(guest = %link.guest_id, state = %link.state, "front-desk link")
             }
             Err(e) => tracing::warn!(error = %e, "front-desk link rejected"),

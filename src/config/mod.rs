@@ -680,8 +680,20 @@ impl Validator {
             self.err("mqtt.url", "TLS files are set but the URL is not mqtts://");
         }
         let keep_alive = self.duration("mqtt.keep_alive", &m.keep_alive, Duration::from_secs(30));
-        if keep_alive < Duration::from_secs(5) {
-            self.err("mqtt.keep_alive", "must be at least 5s");
+        if keep_alive < Duration::from_secs(5) || keep_alive > Duration::from_secs(65_535) {
+            self.err("mqtt.keep_alive", "must be between 5s and 65535s");
+        }
+        if let Some(t) = &m.dead_letter_topic {
+            let sample = format!("{t}/invalid_json");
+            let loops = crate::ingest::mqtt::subscriptions(&prefix, &[])
+                .iter()
+                .any(|f| topic_matches(f, &sample));
+            if t.is_empty() || t.contains(['+', '#']) || loops {
+                self.err(
+                    "mqtt.dead_letter_topic",
+                    format!("{t:?} must be a topic without wildcards that no inbound subscription matches"),
+                );
+            }
         }
         let state_min_interval = self.duration(
             "mqtt.state_min_interval",
@@ -1002,6 +1014,20 @@ impl Validator {
             lounge_free_pct,
         }
     }
+}
+
+/// Whether an MQTT topic filter (`+`, `#`) matches a topic.
+pub fn topic_matches(filter: &str, topic: &str) -> bool {
+    let mut t = topic.split('/');
+    for f in filter.split('/') {
+        match (f, t.next()) {
+            ("#", _) => return true,
+            ("+", Some(_)) => {}
+            (f, Some(level)) if f == level => {}
+            _ => return false,
+        }
+    }
+    t.next().is_none()
 }
 
 /// `mqtt://host[:port]` or `mqtts://host[:port]` → (host, port, tls).

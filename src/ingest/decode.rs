@@ -37,8 +37,14 @@ impl DecodeError {
 
     fn from_serde(e: serde_json::Error) -> Self {
         use serde_json::error::Category;
+        // serde's data errors quote the offending value, which may be personal (an id_tag):
+        // say only where it was.
         match e.classify() {
-            Category::Data => DecodeError::InvalidField(e.to_string()),
+            Category::Data => DecodeError::InvalidField(format!(
+                "wrong type or value at line {} column {}",
+                e.line(),
+                e.column()
+            )),
             // 1e999 and friends: well-formed JSON whose value no f64 holds
             Category::Syntax if e.to_string().starts_with("number out of range") => {
                 DecodeError::OutOfRange(e.to_string())

@@ -32,6 +32,10 @@ pub struct Inbound {
 pub struct ConnState {
     pub connected: AtomicBool,
     pub epoch: AtomicU64,
+    /// ConnAcks received so far, and whether the latest said the broker kept our session
+    /// (if not, what rumqttc had in flight on the old connection is gone).
+    pub connacks: AtomicU64,
+    pub session_present: AtomicBool,
 }
 
 /// A clonable handle to ack messages and publish from outside the event-loop task.
@@ -192,6 +196,11 @@ impl Ingest {
             match ev {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     let epoch = self.handle.state.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+                    self.handle
+                        .state
+                        .session_present
+                        .store(ack.session_present, Ordering::Release);
+                    self.handle.state.connacks.fetch_add(1, Ordering::AcqRel);
                     // Ready once our subscriptions stand: at once when the broker kept the
                     // session, else at the SubAck of the resubscription.
                     if ack.session_present {
@@ -267,6 +276,9 @@ impl Ingest {
                 Ok(_) => {}
                 Err(e) => {
                     self.mark_connected(false);
+                    // Acks queued from now on belong to a dead connection: rumqttc would
+                    // send them on the next one, where the packet ids may be reused.
+                    self.handle.state.epoch.fetch_add(1, Ordering::AcqRel);
                     connected_at = None;
                     metrics::counter!("evlounge_mqtt_reconnects_total").increment(1);
                     if outage_since.is_none() {

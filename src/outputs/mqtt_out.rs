@@ -13,6 +13,11 @@ use crate::ingest::mqtt::MqttHandle;
 use crate::store;
 
 pub struct MqttOut {
+    /// Smallest event seq marked published since the last ConnAck (`i64::MAX`: none).
+    /// `publish()` returns once the client has the request, not when the broker has the
+    /// message; if the broker comes back without our session, rumqttc drops what was in
+    /// flight, and these are published again (same event_id: consumers deduplicate).
+    pub marked_min: std::sync::atomic::AtomicI64,
     pub handle: MqttHandle,
     pub rx: flume::Receiver<OutMsg>,
     pub data_dir: PathBuf,
@@ -37,6 +42,7 @@ impl MqttOut {
         };
         let mut connected = self.handle.connected_rx.clone();
         let mut published: BTreeSet<i64> = BTreeSet::new();
+        let mut seen_connacks = 0u64;
         let mut states: HashMap<String, StateSlot> = HashMap::new();
         let mut sweep = tokio::time::interval(Duration::from_secs(2));
         let mut flush = tokio::time::interval(Duration::from_millis(100));
@@ -50,6 +56,7 @@ impl MqttOut {
                     Err(_) => break,
                 },
                 _ = sweep.tick() => {
+                    self.check_session(&conn, &mut published, &mut seen_connacks);
                     if *connected.borrow_and_update() {
                         self.sweep(&conn, &mut published).await;
                     }
@@ -125,12 +132,52 @@ impl MqttOut {
         }
     }
 
+    /// After a reconnect where the broker had lost our session, re-publish what was marked
+    /// published on the previous connection.
+    fn check_session(
+        &self,
+        conn: &std::sync::Mutex<rusqlite::Connection>,
+        published: &mut BTreeSet<i64>,
+        seen_connacks: &mut u64,
+    ) {
+        use std::sync::atomic::Ordering;
+        let connacks = self.handle.state.connacks.load(Ordering::Acquire);
+        if connacks == *seen_connacks {
+            return;
+        }
+        *seen_connacks = connacks;
+        let min = self.marked_min.swap(i64::MAX, Ordering::AcqRel);
+        if self.handle.state.session_present.load(Ordering::Acquire) || min == i64::MAX {
+            return;
+        }
+        let r = match conn.lock() {
+            Ok(c) => store::unmark_published_from(&c, min),
+            Err(_) => return,
+        };
+        match r {
+            Ok(n) => {
+                published.retain(|s| *s < min);
+                if n > 0 {
+                    tracing::warn!(
+                        events = n,
+                        "the broker lost our session; publishing recent events again"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot re-queue events after a lost session"),
+        }
+    }
+
     fn mark(
         &self,
         conn: &std::sync::Mutex<rusqlite::Connection>,
         seqs: &[i64],
         published: &mut BTreeSet<i64>,
     ) {
+        if let Some(min) = seqs.iter().min() {
+            self.marked_min
+                .fetch_min(*min, std::sync::atomic::Ordering::AcqRel);
+        }
         let r = match conn.lock() {
             Ok(c) => store::mark_published(&c, seqs),
             Err(_) => return,

@@ -73,11 +73,6 @@ CREATE TABLE IF NOT EXISTS zone_state (
 );
 "#];
 
-/// Extra migrations registered by other modules (the notification outbox), run after ours.
-fn extra_migrations() -> Vec<&'static str> {
-    crate::outputs::notify::MIGRATIONS.to_vec()
-}
-
 pub fn db_path(data_dir: &Path) -> PathBuf {
     data_dir.join("evlounge.db")
 }
@@ -118,21 +113,23 @@ pub fn open_writer(data_dir: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// Each module's migrations are numbered on their own (the core's in `user_version`, the
+/// notification outbox's in `meta`), so either list can grow without shifting the other.
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    let done: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    let all: Vec<&str> = MIGRATIONS
-        .iter()
-        .copied()
-        .chain(extra_migrations())
-        .collect();
     let tx = conn.transaction()?;
-    for (i, sql) in all.iter().enumerate() {
-        if (i as i64) < done {
-            continue;
-        }
+    let core_done: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    for sql in MIGRATIONS.iter().skip(core_done.max(0) as usize) {
         tx.execute_batch(sql)?;
     }
-    tx.pragma_update(None, "user_version", all.len() as i64)?;
+    tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)?;
+    let notify = crate::outputs::notify::MIGRATIONS;
+    let notify_done: usize = meta_get(&tx, "notify_schema_version")?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    for sql in notify.iter().skip(notify_done) {
+        tx.execute_batch(sql)?;
+    }
+    meta_set(&tx, "notify_schema_version", &notify.len().to_string())?;
     tx.commit()?;
     Ok(())
 }
@@ -301,6 +298,14 @@ fn stored_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
         site: r.get(3)?,
         payload: r.get(4)?,
     })
+}
+
+/// Marks events from `seq` on unpublished again (the broker lost what was in flight).
+pub fn unmark_published_from(conn: &Connection, seq: i64) -> rusqlite::Result<usize> {
+    conn.execute(
+        "UPDATE events SET published = 0 WHERE seq >= ?1 AND published = 1",
+        [seq],
+    )
 }
 
 pub fn mark_published(conn: &Connection, seqs: &[i64]) -> rusqlite::Result<()> {

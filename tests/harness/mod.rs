@@ -63,15 +63,26 @@ pub struct Mosquitto {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    persistence: bool,
 }
 
 impl Mosquitto {
     pub fn start() -> Self {
+        Self::start_with(true)
+    }
+
+    /// A broker that forgets everything (sessions, queues) when it restarts.
+    pub fn start_volatile() -> Self {
+        Self::start_with(false)
+    }
+
+    fn start_with(persistence: bool) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut m = Mosquitto {
             port: free_port(),
             dir,
             child: None,
+            persistence,
         };
         // The free port may be taken by someone else before Mosquitto binds it: retry.
         for _ in 0..5 {
@@ -99,10 +110,11 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nuser root\nallow_anonymous true\npersistence true\npersistence_location {data}/\n\
+                "listener {port} 127.0.0.1\nuser root\nallow_anonymous true\npersistence {persistence}\npersistence_location {data}/\n\
                  max_inflight_messages 0\nmax_queued_messages 1000000\nmax_queued_bytes 0\n\
                  log_dest file {log}\n",
                 port = self.port,
+                persistence = self.persistence,
                 data = data.display(),
                 log = self.dir.path().join("mosquitto.log").display(),
             ),

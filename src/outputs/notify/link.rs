@@ -211,12 +211,33 @@ pub fn link_guest(
     let token = random_hex(16);
     let guest_id = random_hex(8);
     let events = req.events.clone().unwrap_or_else(default_events);
+    let tx = crate::store::write_tx(conn)?;
+    // The open session is read inside the write transaction, from the store itself: a
+    // snapshot taken before it (the live view) can be a plug-in or an unplug behind, and a
+    // link bound from it could miss its own session or wait for the next driver's.
+    // (Without the daemon's `sessions` table — this module on its own — the caller's view
+    // is taken.)
+    let has_sessions: bool = tx
+        .prepare_cached("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sessions'")?
+        .exists([])?;
+    let open: Option<String> = match (&req.charger, has_sessions) {
+        (Some(charger), true) => tx
+            .query_row(
+                "SELECT session_key FROM sessions WHERE site = ?1 AND charger = ?2 AND ended IS NULL
+                 ORDER BY started DESC LIMIT 1",
+                params![req.site, charger],
+                |r| r.get(0),
+            )
+            .optional()?,
+        (Some(_), false) => current_session.map(str::to_string),
+        (None, _) => None,
+    };
+    let current_session = open.as_deref();
     let state = match (&req.charger, current_session) {
         (Some(_), Some(_)) => "bound",
         (Some(_), None) => "pending",
         (None, _) => "active",
     };
-    let tx = crate::store::write_tx(conn)?;
     tx.execute(
         "INSERT INTO guests (guest_id, token_hash, site, charger, id_tag, channel, address, name,
                              lang, events, source, state, created_ms)
