@@ -156,7 +156,7 @@ pub async fn run_with(
 
     let (out_stop_tx, out_stop_rx) = watch::channel(false);
     let mqtt_out = MqttOut {
-        marked_min: std::sync::atomic::AtomicI64::new(i64::MAX),
+        marked: parking_lot::Mutex::new(std::collections::BTreeMap::new()),
         handle: handle.clone(),
         rx: out_rx,
         data_dir: cfg.data_dir.clone(),

@@ -13,11 +13,11 @@ use crate::ingest::mqtt::MqttHandle;
 use crate::store;
 
 pub struct MqttOut {
-    /// Smallest event seq marked published since the last ConnAck (`i64::MAX`: none).
+    /// Smallest event seq marked published per connection (ConnAck count at the time).
     /// `publish()` returns once the client has the request, not when the broker has the
     /// message; if the broker comes back without our session, rumqttc drops what was in
-    /// flight, and these are published again (same event_id: consumers deduplicate).
-    pub marked_min: std::sync::atomic::AtomicI64,
+    /// flight, and those are published again (same event_id: consumers deduplicate).
+    pub marked: parking_lot::Mutex<std::collections::BTreeMap<u64, i64>>,
     pub handle: MqttHandle,
     pub rx: flume::Receiver<OutMsg>,
     pub data_dir: PathBuf,
@@ -133,7 +133,7 @@ impl MqttOut {
     }
 
     /// After a reconnect where the broker had lost our session, re-publish what was marked
-    /// published on the previous connection.
+    /// published on earlier connections.
     fn check_session(
         &self,
         conn: &std::sync::Mutex<rusqlite::Connection>,
@@ -141,15 +141,21 @@ impl MqttOut {
         seen_connacks: &mut u64,
     ) {
         use std::sync::atomic::Ordering;
-        let connacks = self.handle.state.connacks.load(Ordering::Acquire);
-        if connacks == *seen_connacks {
+        let current = self.handle.state.connacks.load(Ordering::Acquire);
+        if current == *seen_connacks {
             return;
         }
-        *seen_connacks = connacks;
-        let min = self.marked_min.swap(i64::MAX, Ordering::AcqRel);
-        if self.handle.state.session_present.load(Ordering::Acquire) || min == i64::MAX {
+        *seen_connacks = current;
+        let lost = !self.handle.state.session_present.load(Ordering::Acquire);
+        let earlier = {
+            let mut m = self.marked.lock();
+            let keep = m.split_off(&current);
+            let earlier = std::mem::replace(&mut *m, keep);
+            earlier.values().copied().min()
+        };
+        let Some(min) = earlier.filter(|_| lost) else {
             return;
-        }
+        };
         let r = match conn.lock() {
             Ok(c) => store::unmark_published_from(&c, min),
             Err(_) => return,
@@ -175,8 +181,14 @@ impl MqttOut {
         published: &mut BTreeSet<i64>,
     ) {
         if let Some(min) = seqs.iter().min() {
-            self.marked_min
-                .fetch_min(*min, std::sync::atomic::Ordering::AcqRel);
+            let generation = self
+                .handle
+                .state
+                .connacks
+                .load(std::sync::atomic::Ordering::Acquire);
+            let mut m = self.marked.lock();
+            let e = m.entry(generation).or_insert(*min);
+            *e = (*e).min(*min);
         }
         let r = match conn.lock() {
             Ok(c) => store::mark_published(&c, seqs),
