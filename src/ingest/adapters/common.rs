@@ -360,6 +360,8 @@ impl PerValue {
 /// among them). Readings of the same instant are therefore spread 1 ms apart, while a true
 /// repeat (the same part again at that instant) or a late one keeps its own time, for the
 /// domain to drop as before.
+const MAX_PARTS: usize = 64;
+
 #[derive(Debug, Default)]
 pub struct MsgClock {
     /// The newest source time seen.
@@ -389,7 +391,8 @@ impl MsgClock {
         match self.latest {
             Some(l) if ts < l => ts,
             Some(l) if ts == l => {
-                if self.parts.iter().any(|p| p == part) {
+                // A repeat, or more siblings than any station sends at once (bounds memory).
+                if self.parts.len() >= MAX_PARTS || self.parts.iter().any(|p| p == part) {
                     return ts;
                 }
                 self.parts.push(part.to_string());

@@ -513,5 +513,28 @@ mod tests {
         );
         let t0 = 1_795_514_400_000;
         assert_eq!(ts, vec![t0, t0 + 1, t0 + 2, t0, t0 + 1_000]);
+
+        // OCPP 1.6J with second-resolution timestamps: Preparing, StartTransaction and its
+        // CALLRESULT in one second; a redelivered frame (same bytes) keeps its time.
+        let ocpp = "format = \"ocpp16j\"\ntopic = \"ocpp/{cp}/in\"\nsite = \"m\"";
+        let status = r#"[2,"a","StatusNotification",{"connectorId":1,"status":"Preparing","errorCode":"NoError","timestamp":"2026-11-24T10:00:00Z"}]"#;
+        let ts = feed(
+            ocpp,
+            &[
+                ("ocpp/CP/in", status, now),
+                (
+                    "ocpp/CP/in",
+                    r#"[2,"b","StartTransaction",{"connectorId":1,"idTag":"T","meterStart":0,"timestamp":"2026-11-24T10:00:00Z"}]"#,
+                    now,
+                ),
+                (
+                    "ocpp/CP/in",
+                    r#"[3,"b",{"transactionId":7,"idTagInfo":{"status":"Accepted"}}]"#,
+                    now,
+                ),
+                ("ocpp/CP/in", status, now),
+            ],
+        );
+        assert_eq!(ts, vec![t0, t0 + 1, t0 + 2, t0]);
     }
 }
