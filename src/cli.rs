@@ -78,6 +78,14 @@ pub enum Command {
         /// Stop after this many messages.
         #[arg(long = "max")]
         max_messages: Option<u64>,
+        /// Chargers' wire format: `evlounge` (the contract's telemetry), `ocpp16j` (OCPP 1.6J
+        /// frames on `ocpp/{charger}/in`: read them with a `[[sources]]` entry
+        /// `format = "ocpp16j"`, `topic = "ocpp/{cp}/in"`, `charger = "{cp}"`) or `everest`
+        /// (`everest_api/{charger}/var/{session_info,powermeter,ev_info}`: `format =
+        /// "everest"`, `topic = "everest_api/{module}/var/#"`). Lounge sensors always use the
+        /// contract's topics.
+        #[arg(long, default_value_t = crate::sim::SimFormat::Evlounge)]
+        format: crate::sim::SimFormat,
     },
     /// Configuration tools.
     Config {
@@ -196,6 +204,7 @@ pub fn main() -> ExitCode {
             qos,
             connections,
             max_messages,
+            format,
         } => {
             init_logging(LogFormat::Text, "info");
             let opts = crate::sim::publish::SimulateOptions {
@@ -211,6 +220,7 @@ pub fn main() -> ExitCode {
                 connections,
                 max_messages,
                 start_ms: None,
+                format,
             };
             let rt = match runtime() {
                 Ok(rt) => rt,

@@ -105,6 +105,7 @@ pub fn simulate_options(opts: &DemoOptions, broker: SocketAddr, prefix: &str) ->
         // enough in the past that it stays behind "now" (no clock-skew replacement) for
         // about a day of wall time at the default speed.
         start_ms: Some(crate::util::time::now_ms() - (opts.speed.max(1.0) * 86_400_000.0) as i64),
+        format: crate::sim::SimFormat::Evlounge,
     }
 }
 

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use super::formats::{SimFormat, Translator};
 use super::model::{SimConfig, SiteSim};
 use crate::util::time::now_ms;
 
@@ -42,6 +43,8 @@ pub struct SimulateOptions {
     /// early enough that the simulated clock reaches the wall clock only at the end, so no
     /// message carries a future `ts`.
     pub start_ms: Option<i64>,
+    /// The chargers' wire format (lounge sensors always use the contract's).
+    pub format: SimFormat,
 }
 
 impl Default for SimulateOptions {
@@ -59,6 +62,7 @@ impl Default for SimulateOptions {
             connections: 1,
             max_messages: None,
             start_ms: None,
+            format: SimFormat::Evlounge,
         }
     }
 }
@@ -120,6 +124,16 @@ pub async fn run_simulate(
     opts: SimulateOptions,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<SimReport> {
+    run_simulate_with(opts, |_| {}, shutdown).await
+}
+
+/// [`run_simulate`] with a hook on the site model before it starts (tests script cars with
+/// [`SiteSim::script_arrival`]).
+pub async fn run_simulate_with(
+    opts: SimulateOptions,
+    setup: impl FnOnce(&mut SiteSim),
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<SimReport> {
     if !(opts.rate_hz.is_finite() && opts.rate_hz > 0.0) {
         bail!("rate must be a positive number of messages per second");
     }
@@ -138,6 +152,7 @@ pub async fn run_simulate(
     let n_conn = opts.connections.max(1);
 
     let mut sim = SiteSim::new(sim_config(&opts, now_ms()));
+    setup(&mut sim);
     let (stop_tx, stop_rx) = watch::channel(false);
     let run_id: u32 = rand::thread_rng().gen();
     let mut conns = Vec::with_capacity(n_conn);
@@ -148,7 +163,7 @@ pub async fn run_simulate(
     tracing::info!(
         broker = %target.display, site = %opts.site, chargers = opts.chargers,
         rate_hz = opts.rate_hz, speed = opts.speed, connections = n_conn, qos = opts.qos,
-        "simulating"
+        format = %opts.format, "simulating"
     );
 
     tokio::pin!(shutdown);
@@ -229,6 +244,7 @@ async fn produce(
     let max_step_ms = ((MAX_STEP_WALL_MS * opts.speed) as i64).max(1);
     let limit = opts.max_messages.unwrap_or(u64::MAX);
     let mut sent: u64 = 0;
+    let mut translator = Translator::new(opts.format, &opts.prefix);
     let mut tick = tokio::time::interval(PACE_TICK);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -239,7 +255,11 @@ async fn produce(
         }
         let due = start_ms.saturating_add((wall.as_secs_f64() * 1000.0 * opts.speed) as i64);
         let target = due.min(sim.now_ms().saturating_add(max_step_ms));
-        for m in sim.advance_to(target) {
+        for m in sim
+            .advance_to(target)
+            .into_iter()
+            .flat_map(|m| translator.translate(m))
+        {
             if sent >= limit {
                 return Ok(());
             }

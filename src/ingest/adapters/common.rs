@@ -349,6 +349,69 @@ impl PerValue {
     }
 }
 
+/// The times an adapter gives one charger's (or sensor's) readings.
+///
+/// The domain drops a reading whose `ts` is not after the previous one (a redelivery, a
+/// late frame). But one instant often yields several readings: a per-value charger (go-e,
+/// openWB, evcc) publishes its keys together, and a backlog redelivered after an outage
+/// arrives within the same millisecond, so receive-time stamps collide; EVerest publishes
+/// `session_info`, `powermeter` and `ev_info` for the same second. Without this, all but
+/// the first of those readings were silently dropped (the status change or the unplug
+/// among them). Readings of the same instant are therefore spread 1 ms apart, while a true
+/// repeat (the same part again at that instant) or a late one keeps its own time, for the
+/// domain to drop as before.
+const MAX_PARTS: usize = 64;
+
+#[derive(Debug, Default)]
+pub struct MsgClock {
+    /// The newest source time seen.
+    latest: Option<TsMs>,
+    /// The newest time handed out (≥ `latest`).
+    last_out: Option<TsMs>,
+    /// Parts (topic leaves) already handed out at `latest`.
+    parts: Vec<String>,
+}
+
+impl MsgClock {
+    /// The newest source time seen: where a message without a time of its own belongs.
+    pub fn latest(&self) -> Option<TsMs> {
+        self.latest
+    }
+
+    /// A reading stamped with its receive time: always after the ones before it.
+    pub fn received(&mut self, recv_ms: TsMs) -> TsMs {
+        let out = self.last_out.map_or(recv_ms, |l| recv_ms.max(l + 1));
+        self.latest = Some(self.latest.map_or(recv_ms, |l| l.max(recv_ms)));
+        self.last_out = Some(out);
+        out
+    }
+
+    /// A reading with a source time `ts`, from `part` (e.g. `powermeter`).
+    pub fn stamped(&mut self, ts: TsMs, part: &str) -> TsMs {
+        match self.latest {
+            Some(l) if ts < l => ts,
+            Some(l) if ts == l => {
+                // A repeat, or more siblings than any station sends at once (bounds memory).
+                if self.parts.len() >= MAX_PARTS || self.parts.iter().any(|p| p == part) {
+                    return ts;
+                }
+                self.parts.push(part.to_string());
+                let out = self.last_out.map_or(ts, |o| o + 1);
+                self.last_out = Some(out);
+                out
+            }
+            _ => {
+                self.latest = Some(ts);
+                self.parts.clear();
+                self.parts.push(part.to_string());
+                let out = self.last_out.map_or(ts, |o| ts.max(o + 1));
+                self.last_out = Some(out);
+                out
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -438,5 +501,31 @@ mod tests {
         assert_eq!(p.fresh("power", 2000 + STALE_AFTER_MS), Some(2.0));
         assert_eq!(p.fresh("power", 2001 + STALE_AFTER_MS), None);
         assert_eq!(p.state("power"), Some(2.0));
+    }
+
+    #[test]
+    fn msg_clock_spreads_one_instant_and_keeps_repeats_and_late_readings() {
+        let mut c = MsgClock::default();
+        // Receive times: a burst in one millisecond becomes strictly increasing.
+        assert_eq!(c.received(100), 100);
+        assert_eq!(c.received(100), 101);
+        assert_eq!(c.received(100), 102);
+        assert_eq!(c.received(500), 500);
+
+        let mut c = MsgClock::default();
+        assert_eq!(c.latest(), None);
+        assert_eq!(c.stamped(1_000, "session_info"), 1_000);
+        assert_eq!(c.stamped(1_000, "powermeter"), 1_001);
+        assert_eq!(c.stamped(1_000, "ev_info"), 1_002);
+        // The same part again at that instant is a repeat: its own (already used) time.
+        assert_eq!(c.stamped(1_000, "powermeter"), 1_000);
+        // Late: its own time.
+        assert_eq!(c.stamped(900, "session_info"), 900);
+        assert_eq!(c.latest(), Some(1_000));
+        // The next instant: its own time, unless the spread already passed it.
+        assert_eq!(c.stamped(2_000, "session_info"), 2_000);
+        assert_eq!(c.stamped(2_000, "powermeter"), 2_001);
+        assert_eq!(c.stamped(2_001, "session_info"), 2_002);
+        assert_eq!(c.latest(), Some(2_001));
     }
 }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use super::common::{
-    boolish, check_field, check_telemetry, leaf, num, parse_loose, PerValue, Target,
+    boolish, check_field, check_telemetry, leaf, num, parse_loose, MsgClock, PerValue, Target,
 };
 use super::template::Captures;
 use super::{Adapter, DecodeError};
@@ -21,6 +21,7 @@ const MAX_CHARGERS: usize = 10_000;
 #[derive(Debug, Default)]
 struct State {
     vals: PerValue,
+    clock: MsgClock,
     charged_since_plug: bool,
     vehicle: Option<String>,
 }
@@ -152,9 +153,10 @@ impl Adapter for Evcc {
             None => return Ok(vec![]),
         };
         let plugged = status != ChargerStatus::Available;
+        let out_ts = st.clock.received(ts);
         let f = |n: &str| st.vals.fresh(n, ts);
         let t = Telemetry {
-            ts,
+            ts: out_ts,
             status: Some(status),
             power_kw: f("power_kw"),
             session_kwh: f("session_kwh").filter(|_| plugged),

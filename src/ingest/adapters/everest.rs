@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::common::{
     check_field, check_telemetry, leaf, num, opt_num, opt_str, parse_json, parse_time_value,
-    PerValue, Target,
+    MsgClock, PerValue, Target,
 };
 use super::template::Captures;
 use super::{Adapter, DecodeError};
@@ -21,6 +21,7 @@ const MAX_MODULES: usize = 10_000;
 struct Module {
     status: Option<ChargerStatus>,
     vals: PerValue,
+    clock: MsgClock,
 }
 
 pub struct Everest {
@@ -116,7 +117,15 @@ impl Adapter for Everest {
             _ => v.get("timestamp"),
         };
         let ts = match time_field {
-            None | Some(Value::Null) => recv_ms,
+            // `ev_info` and `telemetry` carry no time: they belong to the module's latest
+            // known instant (like an OCPP frame without one, CONTRACT §3), not to the
+            // receive time, which on a replay or after an outage is far from the charger's
+            // clock and would hide every later reading as out of order.
+            None | Some(Value::Null) => self
+                .modules
+                .get(&skey)
+                .and_then(|m| m.clock.latest())
+                .unwrap_or(recv_ms),
             Some(t) => {
                 parse_time_value(t).ok_or_else(|| DecodeError::InvalidField("timestamp".into()))?
             }
@@ -209,10 +218,11 @@ impl Adapter for Everest {
         let Some(status) = m.status else {
             return Ok(vec![]);
         };
+        let out_ts = m.clock.stamped(ts, var);
         let f = |n: &str| m.vals.fresh(n, ts);
         let in_session = status != ChargerStatus::Available;
         let t = Telemetry {
-            ts,
+            ts: out_ts,
             status: Some(status),
             power_kw: f("power_kw"),
             meter_kwh: f("meter_kwh"),

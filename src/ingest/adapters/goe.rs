@@ -13,7 +13,9 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use super::common::{check_field, check_telemetry, leaf, num, parse_loose, PerValue, Target};
+use super::common::{
+    check_field, check_telemetry, leaf, num, parse_loose, MsgClock, PerValue, Target,
+};
 use super::template::Captures;
 use super::{Adapter, DecodeError};
 use crate::domain::input::{ChargerStatus, Input, Telemetry, TsMs};
@@ -23,6 +25,7 @@ const MAX_CHARGERS: usize = 10_000;
 #[derive(Debug, Default)]
 struct State {
     vals: PerValue,
+    clock: MsgClock,
     charged_since_plug: bool,
 }
 
@@ -147,9 +150,10 @@ impl Adapter for GoE {
             4 => ChargerStatus::SuspendedEv,
             _ => ChargerStatus::Faulted,
         };
+        let out_ts = st.clock.received(ts);
         let f = |n: &str| st.vals.fresh(n, ts);
         let t = Telemetry {
-            ts,
+            ts: out_ts,
             status: Some(status),
             power_kw: f("power_kw"),
             meter_kwh: f("meter_kwh"),

@@ -445,4 +445,96 @@ mod tests {
         assert_eq!(DecodeError::UnknownTopic.reason(), "unknown_topic");
         assert_eq!(DecodeError::Unsupported.reason(), "unsupported");
     }
+
+    fn feed(spec_src: &str, msgs: &[(&str, &str, TsMs)]) -> Vec<TsMs> {
+        let s = spec(spec_src);
+        let tpl = TopicTemplate::parse(&s.topic).expect("topic");
+        let mut a = build(&s).expect("adapter");
+        let mut out = Vec::new();
+        for (topic, payload, recv) in msgs {
+            let caps = tpl.captures(topic).expect("topic matches");
+            for i in a
+                .decode(topic, &caps, payload.as_bytes(), *recv)
+                .expect("decodes")
+            {
+                if let Input::Telemetry { t, .. } = i {
+                    out.push(t.ts);
+                }
+            }
+        }
+        out
+    }
+
+    /// Readings of one instant used to share a `ts`, and the domain drops all but the
+    /// first of those as out of order: a go-e burst lost its status change, an EVerest
+    /// `ev_info` (no time of its own) was put at the receive time, days after a replayed
+    /// session's clock, hiding every later reading.
+    #[test]
+    fn readings_of_one_instant_get_increasing_times() {
+        let goe = "format = \"goe\"\ntopic = \"go-eCharger/{serial}/#\"\nsite = \"m\"";
+        let ts = feed(
+            goe,
+            &[
+                ("go-eCharger/1/car", "2", 5_000),
+                ("go-eCharger/1/wh", "100", 5_000),
+                ("go-eCharger/1/car", "4", 5_000),
+            ],
+        );
+        assert_eq!(ts, vec![5_000, 5_001, 5_002]);
+
+        let everest = "format = \"everest\"\ntopic = \"everest_api/{module}/var/#\"\nsite = \"m\"";
+        let now = 1_900_000_000_000;
+        let ts = feed(
+            everest,
+            &[
+                (
+                    "everest_api/e/var/session_info",
+                    r#"{"state":"Charging","datetime":"2026-11-24T10:00:00Z"}"#,
+                    now,
+                ),
+                (
+                    "everest_api/e/var/powermeter",
+                    r#"{"power_W":{"total":1000},"timestamp":1795514400}"#,
+                    now,
+                ),
+                ("everest_api/e/var/ev_info", r#"{"soc":50}"#, now),
+                // A redelivered session_info keeps its time (the domain drops it).
+                (
+                    "everest_api/e/var/session_info",
+                    r#"{"state":"Charging","datetime":"2026-11-24T10:00:00Z"}"#,
+                    now,
+                ),
+                (
+                    "everest_api/e/var/session_info",
+                    r#"{"state":"Charging","datetime":"2026-11-24T10:00:01Z"}"#,
+                    now,
+                ),
+            ],
+        );
+        let t0 = 1_795_514_400_000;
+        assert_eq!(ts, vec![t0, t0 + 1, t0 + 2, t0, t0 + 1_000]);
+
+        // OCPP 1.6J with second-resolution timestamps: Preparing, StartTransaction and its
+        // CALLRESULT in one second; a redelivered frame (same bytes) keeps its time.
+        let ocpp = "format = \"ocpp16j\"\ntopic = \"ocpp/{cp}/in\"\nsite = \"m\"";
+        let status = r#"[2,"a","StatusNotification",{"connectorId":1,"status":"Preparing","errorCode":"NoError","timestamp":"2026-11-24T10:00:00Z"}]"#;
+        let ts = feed(
+            ocpp,
+            &[
+                ("ocpp/CP/in", status, now),
+                (
+                    "ocpp/CP/in",
+                    r#"[2,"b","StartTransaction",{"connectorId":1,"idTag":"T","meterStart":0,"timestamp":"2026-11-24T10:00:00Z"}]"#,
+                    now,
+                ),
+                (
+                    "ocpp/CP/in",
+                    r#"[3,"b",{"transactionId":7,"idTagInfo":{"status":"Accepted"}}]"#,
+                    now,
+                ),
+                ("ocpp/CP/in", status, now),
+            ],
+        );
+        assert_eq!(ts, vec![t0, t0 + 1, t0 + 2, t0]);
+    }
 }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use super::common::{
-    boolish, check_field, check_telemetry, leaf, num, parse_loose, PerValue, Target,
+    boolish, check_field, check_telemetry, leaf, num, parse_loose, MsgClock, PerValue, Target,
 };
 use super::template::Captures;
 use super::{Adapter, DecodeError};
@@ -21,6 +21,7 @@ const MAX_CHARGERS: usize = 10_000;
 #[derive(Debug, Default)]
 struct State {
     vals: PerValue,
+    clock: MsgClock,
     charged_since_plug: bool,
     /// `imported` at plug-in, Wh.
     plug_meter_wh: Option<f64>,
@@ -182,13 +183,14 @@ impl Adapter for OpenWb {
                 None => return Ok(vec![]),
             }
         };
+        let out_ts = st.clock.received(ts);
         let f = |n: &str| st.vals.fresh(n, ts);
         let session_kwh = match (f("meter_kwh"), st.plug_meter_wh) {
             (Some(m), Some(start)) if plugged == Some(true) => Some((m - start / 1000.0).max(0.0)),
             _ => None,
         };
         let t = Telemetry {
-            ts,
+            ts: out_ts,
             status: Some(status),
             power_kw: f("power_kw"),
             meter_kwh: f("meter_kwh"),

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use super::common::{count, device_name, parse_json, parse_time_value, Target};
+use super::common::{count, device_name, parse_json, parse_time_value, MsgClock, Target};
 use super::template::Captures;
 use super::{Adapter, DecodeError};
 use crate::domain::input::{Input, LoungeReading, TsMs};
@@ -21,6 +21,7 @@ const MAX_COUNTERS: usize = 10_000;
 struct Counter {
     last_in: Option<u32>,
     last_out: Option<u32>,
+    clock: MsgClock,
 }
 
 pub struct PeopleCounter {
@@ -72,16 +73,19 @@ impl Adapter for PeopleCounter {
         let occupancy = opt_count(&v, "current_total")?;
         let cum_in = opt_count(&v, "in")?;
         let cum_out = opt_count(&v, "out")?;
-        let ts = ["ts", "timestamp", "time"]
+        let own_ts = ["ts", "timestamp", "time"]
             .iter()
-            .find_map(|k| v.get(*k).and_then(parse_time_value))
-            .unwrap_or(recv_ms);
+            .find_map(|k| v.get(*k).and_then(parse_time_value));
         let key = self.target.zone_key(caps, &device)?;
         let skey = format!("{}\u{1f}{}", caps.state_key(), device);
         if !self.counters.contains_key(&skey) && self.counters.len() >= MAX_COUNTERS {
             return Err(DecodeError::OutOfRange("counters".into()));
         }
         let c = self.counters.entry(skey).or_default();
+        let ts = match own_ts {
+            Some(ts) => c.clock.stamped(ts, "count"),
+            None => c.clock.received(recv_ms),
+        };
         let mut r = LoungeReading {
             ts,
             occupancy,

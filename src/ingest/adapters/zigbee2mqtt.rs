@@ -5,22 +5,32 @@
 //! are ignored. `.../availability`, `.../set`, `.../get` and `bridge/...` topics carry no
 //! reading.
 
+use std::collections::HashMap;
+
 use serde_json::Value;
 
 use super::common::{
-    boolish, check_field, check_lounge, device_name, num, parse_json, parse_time_value, Target,
+    boolish, check_field, check_lounge, device_name, num, parse_json, parse_time_value, MsgClock,
+    Target,
 };
 use super::template::Captures;
 use super::{Adapter, DecodeError};
 use crate::domain::input::{Input, LoungeReading, TsMs};
 
+const MAX_DEVICES: usize = 10_000;
+
 pub struct Zigbee2Mqtt {
     target: Target,
+    /// Per device: its readings are mostly stamped on receipt (see [`MsgClock`]).
+    clocks: HashMap<String, MsgClock>,
 }
 
 impl Zigbee2Mqtt {
     pub fn new(target: Target) -> Self {
-        Self { target }
+        Self {
+            target,
+            clocks: HashMap::new(),
+        }
     }
 }
 
@@ -65,12 +75,7 @@ impl Adapter for Zigbee2Mqtt {
                 Some(boolish(p).ok_or_else(|| DecodeError::InvalidField("presence".into()))?)
             }
         };
-        let r = LoungeReading {
-            // `last_seen` is in the payload when Zigbee2MQTT is configured to add it.
-            ts: v
-                .get("last_seen")
-                .and_then(parse_time_value)
-                .unwrap_or(recv_ms),
+        let mut r = LoungeReading {
             presence,
             co2_ppm: number(&v, &["co2", "co2_ppm"], "co2_ppm")?,
             temperature_c: number(&v, &["temperature", "temperature_c"], "temperature_c")?,
@@ -86,6 +91,16 @@ impl Adapter for Zigbee2Mqtt {
             return Ok(vec![]);
         }
         let key = self.target.zone_key(caps, &device)?;
+        let skey = format!("{}\u{1f}{}", caps.state_key(), device);
+        if !self.clocks.contains_key(&skey) && self.clocks.len() >= MAX_DEVICES {
+            return Err(DecodeError::OutOfRange("devices".into()));
+        }
+        let clock = self.clocks.entry(skey).or_default();
+        // `last_seen` is in the payload when Zigbee2MQTT is configured to add it.
+        r.ts = match v.get("last_seen").and_then(parse_time_value) {
+            Some(ts) => clock.stamped(ts, "state"),
+            None => clock.received(recv_ms),
+        };
         Ok(vec![Input::Lounge {
             key,
             sensor: device,
