@@ -119,7 +119,9 @@ charger = "{{cp}}"
     let sid = row["session_id"].as_str().expect("session id").to_string();
     assert!(
         sid.parse::<u64>().is_ok(),
-        "the session is named by the OCPP transactionId, got {sid}"
+        "the session is named by the OCPP transactionId, got {sid}\nall: {:?}\nevents: {:?}",
+        daemon.get_json("/api/v1/sessions"),
+        events.messages("/events/")
     );
     let kwh = row["energy_kwh"].as_f64().expect("energy");
     // 20 → 80 % of a Taycan gen 2 pack (~97 kWh net) plus losses, from meterStart/meterStop

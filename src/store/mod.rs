@@ -141,7 +141,7 @@ pub fn upsert_session(tx: &Transaction<'_>, s: &SessionRecord) -> rusqlite::Resu
             soc_end, target_soc_pct, time_to_complete_s, idle_s)
          VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19)
          ON CONFLICT(session_key) DO UPDATE SET
-            id_tag=excluded.id_tag, vehicle=excluded.vehicle,
+            session_id=excluded.session_id, id_tag=excluded.id_tag, vehicle=excluded.vehicle,
             charging_started=excluded.charging_started, completed=excluded.completed,
             ended=excluded.ended, outcome=excluded.outcome, energy_kwh=excluded.energy_kwh,
             peak_kw=excluded.peak_kw, avg_kw=excluded.avg_kw, soc_start=excluded.soc_start,
@@ -397,5 +397,52 @@ mod tests {
         drop(conn);
         let conn = open(dir.path()).unwrap();
         assert_eq!(events_after(&conn, 0, 10).unwrap()[0].event_id, e.event_id);
+    }
+
+    #[test]
+    fn an_upsert_updates_every_field_but_the_key() {
+        use crate::domain::session::{Outcome, SessionRecord};
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open(dir.path()).unwrap();
+        let mut s = SessionRecord {
+            site: "s".into(),
+            charger: "c".into(),
+            session_id: "c-1000".into(),
+            session_key: "c-10001000".into(),
+            id_tag: None,
+            vehicle: None,
+            started: 1000,
+            charging_started: None,
+            completed: None,
+            ended: None,
+            outcome: None,
+            energy_kwh: 0.0,
+            peak_kw: 0.0,
+            avg_kw: None,
+            soc_start: None,
+            soc_end: None,
+            target_soc_pct: None,
+            time_to_complete_s: None,
+            idle_s: None,
+        };
+        let tx = conn.transaction().unwrap();
+        upsert_session(&tx, &s).unwrap();
+        // the charger's own id arrives later (an OCPP transactionId), then the end
+        s.session_id = "1842".into();
+        s.vehicle = Some("Taycan".into());
+        s.ended = Some(5000);
+        s.outcome = Some(Outcome::Completed);
+        s.energy_kwh = 12.5;
+        upsert_session(&tx, &s).unwrap();
+        tx.commit().unwrap();
+        let rows = queries::sessions(
+            &conn,
+            &queries::SessionFilter {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(rows, vec![s]);
     }
 }
