@@ -86,7 +86,19 @@ struct ChargerSlot {
     machine: ChargerMachine,
     /// Wall clock (ms) when the last message for this charger was applied.
     last_wall_ms: i64,
+    /// The machine changed since its snapshot was last saved; `must_save`: it changed in a
+    /// way that decides something (events, session changes), so it is saved in this batch.
+    unsaved: bool,
+    must_save: bool,
+    saved_wall_ms: i64,
 }
+
+/// A charger whose messages decide nothing new (1 Hz telemetry while charging) has its
+/// snapshot saved at most this often: the decisions (events, sessions, outbox) are always
+/// committed with their batch; what a crash can lose is at most this much of plain
+/// telemetry state (latest power and SoC, integrated energy), which the next messages
+/// restore.
+const SNAPSHOT_EVERY_MS: i64 = 10_000;
 
 struct ZoneSlot {
     meta: ZoneMeta,
@@ -188,6 +200,9 @@ impl Processor {
                         machine: ChargerMachine::new(c),
                         meta: c.clone(),
                         last_wall_ms: now,
+                        unsaved: false,
+                        must_save: false,
+                        saved_wall_ms: now,
                     },
                 );
             }
@@ -222,6 +237,9 @@ impl Processor {
                             meta,
                             machine,
                             last_wall_ms: now,
+                            unsaved: false,
+                            must_save: false,
+                            saved_wall_ms: now,
                         },
                     );
                     resumed += 1;
@@ -384,7 +402,24 @@ impl Processor {
             }
             metrics::histogram!("evlounge_batch_seconds").record(started.elapsed().as_secs_f64());
         }
+        if let Err(e) = self.save_unsaved() {
+            tracing::error!(error = %e, "saving charger state at shutdown failed");
+        }
         tracing::info!("commit thread drained");
+    }
+
+    /// Saves every snapshot not saved since its last change (clean shutdown).
+    fn save_unsaved(&mut self) -> Result<(), StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        for (key, slot) in self.chargers.iter_mut().filter(|(_, s)| s.unsaved) {
+            let json = serde_json::to_string(&slot.machine)?;
+            store::save_charger_state(&tx, &key.site, &key.charger, &json)?;
+            slot.unsaved = false;
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// After a failed commit the in-memory machines are ahead of the store: reload them.
@@ -565,6 +600,9 @@ impl Processor {
                     machine: ChargerMachine::new(&meta),
                     meta,
                     last_wall_ms: now_wall,
+                    unsaved: true,
+                    must_save: true,
+                    saved_wall_ms: now_wall,
                 },
             );
         }
@@ -599,6 +637,8 @@ impl Processor {
                         .field("temperature_c", t.temperature_c),
                 );
                 let after = open_session(slot);
+                slot.unsaved = true;
+                slot.must_save |= !step.effects.is_empty() || before != after;
                 collect(step.effects, &[before, after], p);
                 p.dirty_chargers.push(key);
             }
@@ -623,6 +663,8 @@ impl Processor {
                     return;
                 }
                 slot.last_wall_ms = recv_ms;
+                slot.unsaved = true;
+                slot.must_save = true;
                 collect(step.effects, &[before], p);
                 p.dirty_chargers.push(key);
             }
@@ -681,6 +723,8 @@ impl Processor {
             let before = open_session(slot);
             let step = slot.machine.step(&slot.meta, ChargerInput::Tick { now });
             if !step.effects.is_empty() {
+                slot.unsaved = true;
+                slot.must_save = true;
                 collect(step.effects, &[before], p);
                 p.dirty_chargers.push(key.clone());
             }
@@ -736,10 +780,14 @@ impl Processor {
                 h.on_session_closed(&tx, s, now_wall)?;
             }
         }
+        let mut saved = Vec::new();
         for key in &p.dirty_chargers {
             if let Some(slot) = self.chargers.get(key) {
-                let json = serde_json::to_string(&slot.machine)?;
-                store::save_charger_state(&tx, &key.site, &key.charger, &json)?;
+                if slot.must_save || now_wall - slot.saved_wall_ms >= SNAPSHOT_EVERY_MS {
+                    let json = serde_json::to_string(&slot.machine)?;
+                    store::save_charger_state(&tx, &key.site, &key.charger, &json)?;
+                    saved.push(key);
+                }
             }
         }
         for key in &p.dirty_zones {
@@ -758,6 +806,13 @@ impl Processor {
             }
         }
         tx.commit()?;
+        for key in saved {
+            if let Some(slot) = self.chargers.get_mut(key) {
+                slot.unsaved = false;
+                slot.must_save = false;
+                slot.saved_wall_ms = now_wall;
+            }
+        }
         if let Some(h) = self.hook.as_mut() {
             h.after_commit();
         }
@@ -814,9 +869,8 @@ impl Processor {
 /// The open session's (session_id, session_key), to tie events to their session.
 fn open_session(slot: &ChargerSlot) -> Option<(String, String)> {
     slot.machine
-        .live(&slot.meta)
-        .session
-        .map(|s| (s.session_id, s.session_key))
+        .open_session_ids()
+        .map(|(id, key)| (id.to_string(), key.to_string()))
 }
 
 fn collect(effects: Vec<Effect>, known: &[Option<(String, String)>], p: &mut Pending) {

@@ -294,6 +294,13 @@ impl ChargerMachine {
         self.last_telemetry_ts.max(self.last_availability_ts)
     }
 
+    /// The open session's (session_id, session_key), without building the live view.
+    pub fn open_session_ids(&self) -> Option<(&str, &str)> {
+        self.session
+            .as_ref()
+            .map(|s| (s.record.session_id.as_str(), s.record.session_key.as_str()))
+    }
+
     /// ETA while a session is charging towards its target.
     fn eta(&self, meta: &ChargerMeta) -> Option<f64> {
         let s = self.session.as_ref()?;
