@@ -1,0 +1,1735 @@
+//! The benchmark suite: every figure BENCHMARKS.md quotes, measured on this machine in one run.
+//!
+//! `cargo build --release --bin evlounge --example replay` first, then
+//! `cargo bench --bench suite -- all` (or any of `decode ingest latency rss notify callgrind`).
+//!
+//! It starts its own Mosquitto (free port, temp dir, persistence on, QoS 1-friendly limits),
+//! VictoriaMetrics (`/usr/bin/victoria-metrics` or `VM_BIN`) and an HTTP webhook receiver, and
+//! runs `target/release/evlounge` against them; everything listens on 127.0.0.1 only. Every
+//! loop is bounded in count and time. Results go to `target/bench/results.json` and
+//! `target/bench/results.md` (also printed).
+//!
+//! Tunables (env): `BENCH_INGEST_N` (messages per ingest run, 200000),
+//! `BENCH_NOTIFY_SPREAD_S` (60), `BENCH_PROBES` (50), `BENCH_REPLAY_N` (100000).
+
+#[path = "../tests/common/vm.rs"]
+mod vm;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use evlounge::sim::publish::{run_simulate, SimulateOptions};
+use parking_lot::Mutex;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::{json, Value};
+
+const SITE: &str = "bench";
+const STAFF_TOKEN: &str = "bench-staff-token";
+const COMMANDS: &[&str] = &["decode", "ingest", "latency", "notify", "callgrind"];
+
+// ---------------------------------------------------------------- results
+
+#[derive(Clone, Copy)]
+enum Cmp {
+    AtLeast(f64),
+    Below(f64),
+    AtMost(f64),
+}
+
+struct Figure {
+    id: String,
+    what: String,
+    value: Option<f64>,
+    unit: &'static str,
+    target: Option<Cmp>,
+    note: String,
+}
+
+impl Figure {
+    fn pass(&self) -> Option<bool> {
+        let v = self.value?;
+        Some(match self.target? {
+            Cmp::AtLeast(t) => v >= t,
+            Cmp::Below(t) => v < t,
+            Cmp::AtMost(t) => v <= t,
+        })
+    }
+
+    fn target_text(&self) -> String {
+        match self.target {
+            None => "—".into(),
+            Some(Cmp::AtLeast(t)) => format!("≥ {}", fmt_num(t)),
+            Some(Cmp::Below(t)) => format!("< {}", fmt_num(t)),
+            Some(Cmp::AtMost(t)) => format!("≤ {}", fmt_num(t)),
+        }
+    }
+}
+
+fn fmt_num(v: f64) -> String {
+    if v.abs() >= 1000.0 {
+        let s = format!("{:.0}", v);
+        // Thousands separators, for reading.
+        let (sign, digits) = s.strip_prefix('-').map_or(("", s.as_str()), |d| ("-", d));
+        let mut out = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        format!("{sign}{out}")
+    } else if v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+#[derive(Default)]
+struct Report {
+    figures: Vec<Figure>,
+    details: serde_json::Map<String, Value>,
+}
+
+impl Report {
+    fn add(
+        &mut self,
+        id: &str,
+        what: &str,
+        value: Option<f64>,
+        unit: &'static str,
+        target: Option<Cmp>,
+        note: impl Into<String>,
+    ) {
+        let f = Figure {
+            id: id.into(),
+            what: what.into(),
+            value,
+            unit,
+            target,
+            note: note.into(),
+        };
+        let pass = match f.pass() {
+            Some(true) => "pass",
+            Some(false) => "FAIL",
+            None => "",
+        };
+        println!(
+            "  {id}: {} {unit} (target {}) {pass} {}",
+            f.value.map_or("n/a".into(), fmt_num),
+            f.target_text(),
+            f.note
+        );
+        self.figures.push(f);
+    }
+
+    fn error(&mut self, id: &str, e: &anyhow::Error) {
+        eprintln!("  {id}: ERROR {e:#}");
+        self.add(id, id, None, "", None, format!("error: {e:#}"));
+    }
+
+    fn detail(&mut self, key: &str, v: Value) {
+        self.details.insert(key.into(), v);
+    }
+
+    fn write(&self, commands: &[String]) -> anyhow::Result<String> {
+        let machine = machine();
+        let commit = git_commit();
+        let date = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let figures: Vec<Value> = self
+            .figures
+            .iter()
+            .map(|f| {
+                json!({
+                    "id": f.id, "what": f.what, "value": f.value, "unit": f.unit,
+                    "target": f.target.map(|_| f.target_text()), "pass": f.pass(), "note": f.note,
+                })
+            })
+            .collect();
+        let doc = json!({
+            "date": date, "commit": commit, "machine": machine, "commands": commands,
+            "figures": figures, "details": Value::Object(self.details.clone()),
+        });
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(
+            dir.join("results.json"),
+            serde_json::to_string_pretty(&doc)?,
+        )?;
+        let mut md = format!(
+            "# evlounge benchmarks\n\n- date: {date}\n- commit: {commit}\n- machine: {} cores, {}, {} MiB RAM\n\n\
+             | figure | value | target | result | notes |\n|---|---:|---|---|---|\n",
+            machine["nproc"], machine["cpu"].as_str().unwrap_or("?"), machine["mem_mib"],
+        );
+        for f in &self.figures {
+            md.push_str(&format!(
+                "| {} | {} {} | {} | {} | {} |\n",
+                f.what,
+                f.value.map_or("n/a".into(), fmt_num),
+                f.unit,
+                f.target_text(),
+                match f.pass() {
+                    Some(true) => "pass",
+                    Some(false) => "**FAIL**",
+                    None => "—",
+                },
+                f.note.replace('|', "/"),
+            ));
+        }
+        std::fs::write(dir.join("results.md"), &md)?;
+        Ok(md)
+    }
+}
+
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let mem_kb: u64 = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0);
+    json!({
+        "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu": cpu,
+        "mem_mib": mem_kb / 1024,
+    })
+}
+
+fn git_commit() -> String {
+    Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn stats(mut v: Vec<f64>) -> Value {
+    v.sort_by(|a, b| a.total_cmp(b));
+    json!({
+        "n": v.len(),
+        "p50": percentile(&v, 0.50),
+        "p90": percentile(&v, 0.90),
+        "p99": percentile(&v, 0.99),
+        "max": v.last().copied(),
+        "min": v.first().copied(),
+    })
+}
+
+// ---------------------------------------------------------------- processes
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Scratch dirs on the same disk as a real data_dir (fsync costs are part of the figures).
+fn scratch() -> anyhow::Result<tempfile::TempDir> {
+    let base = repo().join("target/bench/tmp");
+    std::fs::create_dir_all(&base)?;
+    Ok(tempfile::Builder::new().prefix("run-").tempdir_in(base)?)
+}
+
+fn release_bin(rel: &str, build: &str) -> anyhow::Result<PathBuf> {
+    let p = repo().join(rel);
+    if !p.is_file() {
+        bail!("{} not found: build it first with `{build}`", p.display());
+    }
+    Ok(p)
+}
+
+fn daemon_bin() -> anyhow::Result<PathBuf> {
+    release_bin(
+        "target/release/evlounge",
+        "cargo build --release --bin evlounge",
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+fn sigterm(pid: u32) {
+    // SAFETY: kill(2) on the pid of a child this process spawned and has not reaped.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGTERM);
+    }
+}
+
+/// SIGTERM, then SIGKILL if it has not exited within `grace`.
+fn stop_child(c: &mut Child, grace: Duration) {
+    sigterm(c.id());
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = c.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+/// (user + system) CPU seconds of a process.
+fn cpu_secs(pid: u32) -> f64 {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return f64::NAN;
+    };
+    let rest = s.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
+    match (t(11), t(12)) {
+        (Some(u), Some(s)) => (u + s) / 100.0,
+        _ => f64::NAN,
+    }
+}
+
+/// (VmRSS, VmHWM) in MiB.
+fn rss_mib(pid: u32) -> (f64, f64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        s.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or(f64::NAN, |kb| kb / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+struct Mosquitto {
+    port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    fn start() -> anyhow::Result<Self> {
+        let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .context("mosquitto not installed (apt-get install mosquitto)")?;
+        let dir = scratch()?;
+        for _ in 0..5 {
+            let port = free_port();
+            let data = dir.path().join("data");
+            std::fs::create_dir_all(&data)?;
+            let conf = dir.path().join("mosquitto.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "listener {port} 127.0.0.1\nuser root\nallow_anonymous true\n\
+                     persistence true\npersistence_location {}/\n\
+                     max_inflight_messages 0\nmax_queued_messages 10000000\nmax_queued_bytes 0\n\
+                     log_dest file {}\n",
+                    data.display(),
+                    dir.path().join("mosquitto.log").display()
+                ),
+            )?;
+            let mut child = Command::new(bin)
+                .arg("-c")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut up = false;
+            while Instant::now() < deadline {
+                if !matches!(child.try_wait(), Ok(None)) {
+                    break;
+                }
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    up = matches!(child.try_wait(), Ok(None));
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if up {
+                return Ok(Mosquitto {
+                    port,
+                    child,
+                    _dir: dir,
+                });
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        bail!("mosquitto did not start")
+    }
+
+    fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        stop_child(&mut self.child, Duration::from_secs(5));
+    }
+}
+
+struct Daemon {
+    base: String,
+    child: Child,
+    http: reqwest::Client,
+    dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn start(config: &str) -> anyhow::Result<Self> {
+        let bin = daemon_bin()?;
+        let dir = scratch()?;
+        let cfg_path = dir.path().join("evlounge.toml");
+        std::fs::write(
+            &cfg_path,
+            format!(
+                "data_dir = {:?}\n{config}",
+                dir.path().join("data").display().to_string()
+            ),
+        )?;
+        let log = std::fs::File::create(dir.path().join("daemon.log"))?;
+        let mut child = Command::new(bin)
+            .arg("run")
+            .arg("-c")
+            .arg(&cfg_path)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()?;
+        let stdout = child.stdout.take().context("daemon stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(a) = line.strip_prefix("evlounge: listening on ") {
+                    let _ = tx.send(a.to_string());
+                }
+            }
+        });
+        let base = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(b) => b,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let log =
+                    std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
+                bail!(
+                    "daemon did not start; log tail:\n{}",
+                    &log[log.len().saturating_sub(2000)..]
+                );
+            }
+        };
+        Ok(Daemon {
+            base,
+            child,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()?,
+            dir,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(r) = self.http.get(format!("{}/readyz", self.base)).send().await {
+                if r.text()
+                    .await
+                    .unwrap_or_default()
+                    .contains("\"mqtt\":\"up\"")
+                {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("daemon not ready (MQTT) within 30 s")
+    }
+
+    async fn metrics(&self) -> String {
+        match self.http.get(format!("{}/metrics", self.base)).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    async fn get_json(&self, path: &str) -> Option<Value> {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .ok()?;
+        r.json().await.ok()
+    }
+
+    async fn link(&self, body: Value) -> anyhow::Result<()> {
+        let r = self
+            .http
+            .post(format!("{}/api/v1/guests", self.base))
+            .bearer_auth(STAFF_TOKEN)
+            .json(&body)
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!(
+                "link: {} {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default();
+        log[log.len().saturating_sub(1500)..].to_string()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        stop_child(&mut self.child, Duration::from_secs(20));
+    }
+}
+
+/// Sum of one metric's series whose label set contains `labels` (e.g. `kind="telemetry"`).
+fn metric(text: &str, name: &str, labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, v) = l.rsplit_once(' ')?;
+            let rest = series.strip_prefix(name)?;
+            let ok = if labels.is_empty() {
+                rest.is_empty() || rest.starts_with('{')
+            } else {
+                rest.starts_with('{') && rest.contains(labels)
+            };
+            ok.then(|| v.parse::<f64>().ok()).flatten()
+        })
+        .sum::<f64>()
+        + 0.0 // an empty sum is -0.0
+}
+
+/// CPU seconds per thread name of a process (threads of one name added up).
+fn thread_cpu(pid: u32) -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in dir.flatten() {
+        let Ok(tid) = t.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let name = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")) else {
+            continue;
+        };
+        let rest = stat.rsplit(')').next().unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        *out.entry(name).or_insert(0.0) += (t(11) + t(12)) / 100.0;
+    }
+    out
+}
+
+/// The webhook receiver: records (charger, kind, receipt time) of every POST.
+struct Hook {
+    url: String,
+    log: Arc<Mutex<Vec<(String, String, Instant)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Hook {
+    async fn start() -> anyhow::Result<Self> {
+        let log: Arc<Mutex<Vec<(String, String, Instant)>>> = Arc::default();
+        let l = log.clone();
+        let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
+            let l = l.clone();
+            async move {
+                let at = Instant::now();
+                if let Ok(v) = serde_json::from_slice::<Value>(&body) {
+                    let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+                    l.lock().push((s("charger"), s("kind"), at));
+                }
+                axum::http::StatusCode::OK
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Hook {
+            url: format!("http://{addr}/hook"),
+            log,
+            task,
+        })
+    }
+
+    fn count(&self, kind: &str) -> usize {
+        self.log.lock().iter().filter(|(_, k, _)| k == kind).count()
+    }
+}
+
+impl Drop for Hook {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn daemon_config(broker: &Mosquitto, vm: &vm::Vm, hook: &Hook, email: Option<u16>) -> String {
+    let email = email.map_or(String::new(), |port| {
+        format!(
+            "[notify.email]\nsmtp_url = \"smtp://127.0.0.1:{port}\"\nfrom = \"lounge@example.com\"\n"
+        )
+    });
+    format!(
+        r#"[mqtt]
+url = "{mqtt}"
+[http]
+listen = "127.0.0.1:0"
+staff_token = "{STAFF_TOKEN}"
+[influx]
+url = "{influx}"
+org = "bench"
+bucket = "bench"
+token = "bench-token"
+[notify.webhook]
+url = "{hook}"
+secret = "bench-hook-secret"
+{email}
+[[sites]]
+id = "{SITE}"
+name = "Bench"
+timezone = "Europe/Rome"
+  [[sites.zones]]
+  id = "lounge"
+  capacity = 200
+{spread}"#,
+        mqtt = broker.url(),
+        influx = vm.url().as_str().trim_end_matches('/'),
+        hook = hook.url,
+        spread = (0..10)
+            .map(|i| format!("[[sites]]\nid = \"b{i}\"\ntimezone = \"Europe/Rome\"\n"))
+            .collect::<String>(),
+    )
+}
+
+// ---------------------------------------------------------------- MQTT helpers
+
+/// A client whose event loop runs in the background and hands publishes to `on_publish`.
+struct Client {
+    client: AsyncClient,
+    acked: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Client {
+    async fn connect(
+        port: u16,
+        id: &str,
+        subscribe: Option<(&str, QoS)>,
+        on_publish: impl Fn(&rumqttc::Publish) + Send + 'static,
+    ) -> anyhow::Result<Self> {
+        let mut o = MqttOptions::new(id, "127.0.0.1", port);
+        o.set_clean_session(true);
+        o.set_keep_alive(Duration::from_secs(30));
+        o.set_max_packet_size(1 << 20, 1 << 20);
+        o.set_inflight(1000);
+        let (client, mut el) = AsyncClient::new(o, 100_000);
+        let acked = Arc::new(AtomicU64::new(0));
+        let a = acked.clone();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let mut ready_tx = Some(ready_tx);
+        let sub = subscribe.map(|(t, q)| (t.to_string(), q));
+        let c2 = client.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => match &sub {
+                        Some((t, q)) => {
+                            let _ = c2.try_subscribe(t.clone(), *q);
+                        }
+                        None => {
+                            if let Some(r) = ready_tx.take() {
+                                let _ = r.send(());
+                            }
+                        }
+                    },
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        if let Some(r) = ready_tx.take() {
+                            let _ = r.send(());
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        a.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => on_publish(&p),
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), ready_rx)
+            .await
+            .context("MQTT client did not connect in 10 s")?
+            .context("MQTT client task ended")?;
+        Ok(Client {
+            client,
+            acked,
+            task,
+        })
+    }
+
+    async fn wait_acked(&self, n: u64, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        while self.acked.load(Ordering::Relaxed) < n {
+            if Instant::now() > deadline {
+                bail!("broker acked {} of {n}", self.acked.load(Ordering::Relaxed));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn sim_opts(broker: &Mosquitto, chargers: usize, rate_hz: f64, qos: u8) -> SimulateOptions {
+    SimulateOptions {
+        mqtt_url: broker.url(),
+        site: SITE.into(),
+        prefix: "evlounge".into(),
+        chargers,
+        rate_hz,
+        qos,
+        seed: 7,
+        connections: 4,
+        ..SimulateOptions::default()
+    }
+}
+
+// A scripted DC session (CONTRACT §3), as in tests/harness: plug-in, the start-of-charge
+// suspended_ev blip, charging 20 → 79 %; then the completing message (SoC at the target).
+fn msg(sid: &str, ts: i64, status: &str, power: f64, soc: f64, kwh: f64) -> String {
+    format!(
+        r#"{{"ts":{ts},"status":"{status}","session_id":"{sid}","vehicle":"Taycan 4S","power_kw":{power},"soc_pct":{soc:.2},"target_soc_pct":80,"session_kwh":{kwh:.3},"meter_kwh":{m:.3},"voltage_v":781.0,"current_a":189.8,"temperature_c":41.0}}"#,
+        m = 10_000.0 + kwh
+    )
+}
+
+/// (messages up to 79 %, the completing message).
+fn dc_session(sid: &str, t0: i64) -> (Vec<String>, String) {
+    let mut before = vec![
+        msg(sid, t0, "preparing", 0.0, 20.0, 0.0),
+        msg(sid, t0 + 2_000, "suspended_evse", 0.0, 20.0, 0.0),
+        msg(sid, t0 + 4_000, "suspended_ev", 0.0, 20.0, 0.0),
+    ];
+    let (mut kwh, mut soc, mut t) = (0.0, 20.0, t0 + 6_000);
+    while soc < 79.0 {
+        let p = if soc < 55.0 {
+            250.0
+        } else {
+            250.0 - (soc - 55.0) * 7.0
+        };
+        kwh += p * 30.0 / 3600.0;
+        soc += p * 30.0 / 3600.0 / 0.85;
+        before.push(msg(sid, t, "charging", p, soc.min(79.0), kwh));
+        t += 30_000;
+    }
+    (before, msg(sid, t, "charging", 60.0, 80.0, kwh + 0.5))
+}
+
+fn telemetry_topic(charger: &str) -> String {
+    format!("evlounge/{SITE}/charger/{charger}/telemetry")
+}
+
+// ---------------------------------------------------------------- 1. decode
+
+fn bench_decode(r: &mut Report) -> anyhow::Result<()> {
+    println!("== decode");
+    // Realistic payloads: the simulator's own telemetry for a 1,000-charger site.
+    let cfg = evlounge::sim::model::SimConfig::standard_site(
+        SITE,
+        "evlounge",
+        1000,
+        3,
+        1_761_955_200_000,
+    );
+    let mut sim = evlounge::sim::model::SiteSim::new(cfg);
+    let mut payloads: Vec<Vec<u8>> = Vec::new();
+    let mut t = 1_761_955_200_000;
+    while payloads.len() < 20_000 && t < 1_761_955_200_000 + 3_600_000 {
+        t += 1000;
+        payloads.extend(
+            sim.advance_to(t)
+                .into_iter()
+                .filter(|m| m.topic.ends_with("/telemetry"))
+                .map(|m| m.payload),
+        );
+    }
+    // Plus fully populated DC payloads (every contract field, charging), as a third of the mix.
+    let full: Vec<Vec<u8>> = (0..payloads.len() / 2)
+        .map(|i| {
+            let soc = 10.0 + (i % 70) as f64;
+            msg(
+                &format!("T-{i}"),
+                1_761_955_200_000 + i as i64 * 1000,
+                "charging",
+                148.2 + (i % 50) as f64,
+                soc,
+                soc * 0.8,
+            )
+            .into_bytes()
+        })
+        .collect();
+    payloads.extend(full);
+    let avg_len = payloads.iter().map(Vec::len).sum::<usize>() as f64 / payloads.len() as f64;
+    let recv = 1_761_955_300_000;
+    // Warm-up, then timed passes for at least 2 s (at most 200 passes).
+    let mut ok = 0u64;
+    for p in &payloads {
+        ok += u64::from(evlounge::ingest::decode::telemetry(p, recv).is_ok());
+    }
+    if ok != payloads.len() as u64 {
+        bail!(
+            "{} of {} payloads did not decode",
+            payloads.len() as u64 - ok,
+            payloads.len()
+        );
+    }
+    let started = Instant::now();
+    let mut n = 0u64;
+    for _ in 0..200 {
+        for p in &payloads {
+            let d = evlounge::ingest::decode::telemetry(std::hint::black_box(p), recv);
+            std::hint::black_box(&d);
+            n += 1;
+        }
+        if started.elapsed() >= Duration::from_secs(2) {
+            break;
+        }
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    r.add(
+        "decode_msgs_per_s",
+        "decode: contract telemetry, one core",
+        Some(rate),
+        "msg/s",
+        Some(Cmp::AtLeast(500_000.0)),
+        format!(
+            "{} distinct payloads (simulator + full DC ones), {avg_len:.0} B average, {n} decodes",
+            payloads.len()
+        ),
+    );
+    r.detail(
+        "decode",
+        json!({"msgs_per_s": rate, "payloads": payloads.len(), "avg_bytes": avg_len}),
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------- 2. ingest
+
+struct IngestRun {
+    published: u64,
+    received: u64,
+    rate: f64,
+    pub_rate: f64,
+    secs: f64,
+    extra: Value,
+}
+
+const INGEST_CHARGERS: usize = 10_000;
+/// Far more than the publisher can send: it then publishes as fast as it can.
+const INGEST_RATE_HZ: f64 = 50.0;
+
+/// Runs the load generator to completion.
+async fn publish_load(
+    broker: &Mosquitto,
+    qos: u8,
+    n: u64,
+) -> anyhow::Result<evlounge::sim::publish::SimReport> {
+    let opts = SimulateOptions {
+        max_messages: Some(n),
+        duration: Some(Duration::from_secs(180)),
+        ..sim_opts(broker, INGEST_CHARGERS, INGEST_RATE_HZ, qos)
+    };
+    run_simulate(opts, std::future::pending::<()>()).await
+}
+
+/// A bare rumqttc subscriber counting telemetry: what broker + publisher can do here.
+async fn ceiling(qos: u8, n: u64) -> anyhow::Result<IngestRun> {
+    let broker = Mosquitto::start()?;
+    let count = Arc::new(AtomicU64::new(0));
+    let total = Arc::new(AtomicU64::new(0));
+    let t0 = Instant::now();
+    let first = Arc::new(AtomicU64::new(u64::MAX));
+    let last = Arc::new(AtomicU64::new(0));
+    let (c, tot, f, l) = (count.clone(), total.clone(), first.clone(), last.clone());
+    let q = if qos == 0 {
+        QoS::AtMostOnce
+    } else {
+        QoS::AtLeastOnce
+    };
+    let _sub = Client::connect(
+        broker.port,
+        "bench-ceiling",
+        Some(("evlounge/#", q)),
+        move |p| {
+            if p.retain {
+                return;
+            }
+            tot.fetch_add(1, Ordering::Relaxed);
+            if p.topic.ends_with("/telemetry") {
+                let now = t0.elapsed().as_nanos() as u64;
+                f.fetch_min(now, Ordering::Relaxed);
+                l.store(now, Ordering::Relaxed);
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        },
+    )
+    .await?;
+    let rep = publish_load(&broker, qos, n).await?;
+    // Drained: no new message for 2 s (bounded at 60 s).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = (total.load(Ordering::Relaxed), Instant::now());
+    while Instant::now() < deadline && seen.1.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = total.load(Ordering::Relaxed);
+        if now != seen.0 {
+            seen = (now, Instant::now());
+        }
+    }
+    let received = count.load(Ordering::Relaxed);
+    let secs = (last
+        .load(Ordering::Relaxed)
+        .saturating_sub(first.load(Ordering::Relaxed))) as f64
+        / 1e9;
+    Ok(IngestRun {
+        published: rep.messages,
+        received: total.load(Ordering::Relaxed),
+        rate: if secs > 0.0 {
+            received as f64 / secs
+        } else {
+            0.0
+        },
+        pub_rate: rep.msg_per_s,
+        secs,
+        extra: json!({"telemetry_received": received, "mosquitto_cpu_s": cpu_secs(broker.child.id())}),
+    })
+}
+
+/// The daemon with every output on, the same load; its rate from its own counter.
+async fn daemon_ingest(qos: u8, n: u64, vm: &vm::Vm, hook: &Hook) -> anyhow::Result<IngestRun> {
+    let broker = Mosquitto::start()?;
+    let d = Daemon::start(&daemon_config(&broker, vm, hook, None))?;
+    d.wait_ready().await?;
+    // Some guests, so notifications are queued and delivered during the run.
+    for i in 1..=50 {
+        d.link(
+            json!({"site": SITE, "charger": format!("hpc-{}", i * 5 - 4), "channel": "webhook",
+                      "address": format!("ingest-guest-{i}"), "lang": "en"}),
+        )
+        .await?;
+    }
+    let cpu0 = cpu_secs(d.pid());
+    let bench_cpu0 = cpu_secs(std::process::id());
+    let opts = SimulateOptions {
+        max_messages: Some(n),
+        duration: Some(Duration::from_secs(180)),
+        ..sim_opts(&broker, INGEST_CHARGERS, INGEST_RATE_HZ, qos)
+    };
+    let load = tokio::spawn(run_simulate(opts, std::future::pending::<()>()));
+    // Poll the counter: (first value > 0, time), (last change, time).
+    let mut first: Option<(f64, Instant)> = None;
+    let mut last = (0.0, Instant::now());
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut rep = None;
+    let mut load = Some(load);
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let m = d.metrics().await;
+        let v = metric(&m, "evlounge_mqtt_messages_total", "kind=\"telemetry\"");
+        let now = Instant::now();
+        if v > 0.0 && first.is_none() {
+            first = Some((v, now));
+        }
+        if v != last.0 {
+            last = (v, now);
+        }
+        if let Some(h) = load.as_ref() {
+            if h.is_finished() {
+                if let Some(h) = load.take() {
+                    rep = Some(h.await.context("load task")??);
+                }
+            }
+        }
+        // Done: the publisher finished and the counter has not moved for 3 s.
+        if rep.is_some() && last.1.elapsed() >= Duration::from_secs(3) {
+            break;
+        }
+        if now > deadline {
+            if let Some(h) = load.take() {
+                h.abort();
+            }
+            bail!("daemon ingest did not finish within 300 s (telemetry {v})");
+        }
+    }
+    let rep = rep.context("no load report")?;
+    let m = d.metrics().await;
+    let all_kinds = metric(&m, "evlounge_mqtt_messages_total", "");
+    let (f, secs) = match first {
+        Some((v, t)) => (v, last.1.duration_since(t).as_secs_f64()),
+        None => (0.0, 0.0),
+    };
+    let rate = if secs > 0.0 { (last.0 - f) / secs } else { 0.0 };
+    let (rss, hwm) = rss_mib(d.pid());
+    Ok(IngestRun {
+        published: rep.messages,
+        received: all_kinds as u64,
+        rate,
+        pub_rate: rep.msg_per_s,
+        secs,
+        extra: json!({
+            "telemetry_processed": last.0,
+            "daemon_cpu_s": cpu_secs(d.pid()) - cpu0,
+            "mosquitto_cpu_s": cpu_secs(broker.child.id()),
+            "events": metric(&m, "evlounge_events_total", ""),
+            "tsdb_points_written": metric(&m, "evlounge_tsdb_points_written_total", ""),
+            "decode_errors": metric(&m, "evlounge_decode_errors_total", ""),
+            "commit_failures": metric(&m, "evlounge_commit_failures_total", ""),
+            "batch_seconds_count": metric(&m, "evlounge_batch_seconds_count", ""),
+            "batch_seconds_sum": metric(&m, "evlounge_batch_seconds_sum", ""),
+            "daemon_thread_cpu_s": thread_cpu(d.pid()),
+            "bench_process_cpu_s (publisher)": cpu_secs(std::process::id()) - bench_cpu0,
+            "rss_mib": rss, "hwm_mib": hwm,
+        }),
+    })
+}
+
+async fn bench_ingest(r: &mut Report) -> anyhow::Result<()> {
+    println!("== ingest: broker ceiling vs daemon");
+    daemon_bin()?;
+    let n: u64 = env_num("BENCH_INGEST_N", 200_000);
+    let vm = vm::Vm::start(false).await;
+    let hook = Hook::start().await?;
+    let mut details = serde_json::Map::new();
+    for qos in [0u8, 1] {
+        let c = ceiling(qos, n).await?;
+        println!(
+            "  ceiling qos{qos}: {:.0} msg/s ({} of {} received, publisher {:.0} msg/s)",
+            c.rate, c.received, c.published, c.pub_rate
+        );
+        let dm = match daemon_ingest(qos, n, &vm, &hook).await {
+            Ok(x) => x,
+            Err(e) => {
+                r.error(&format!("ingest_qos{qos}"), &e);
+                continue;
+            }
+        };
+        println!(
+            "  daemon qos{qos}: {:.0} msg/s ({} of {} processed, publisher {:.0} msg/s) {}",
+            dm.rate, dm.received, dm.published, dm.pub_rate, dm.extra
+        );
+        let ratio = if c.rate > 0.0 { dm.rate / c.rate } else { 0.0 };
+        let lost = dm.published.saturating_sub(dm.received);
+        r.add(
+            &format!("ceiling_qos{qos}"),
+            &format!("broker ceiling, QoS {qos} (bare subscriber, 10k chargers)"),
+            Some(c.rate),
+            "msg/s",
+            None,
+            format!(
+                "{} of {} published received; publisher {:.0} msg/s",
+                c.received, c.published, c.pub_rate
+            ),
+        );
+        r.add(
+            &format!("daemon_ingest_qos{qos}"),
+            &format!("daemon ingest, QoS {qos}, all outputs on"),
+            Some(dm.rate),
+            "msg/s",
+            Some(Cmp::AtLeast(50_000.0)),
+            format!(
+                "{} of {} published processed ({} lost); {:.1} s; daemon CPU {:.1} s",
+                dm.received,
+                dm.published,
+                lost,
+                dm.secs,
+                dm.extra["daemon_cpu_s"].as_f64().unwrap_or(f64::NAN)
+            ),
+        );
+        r.add(
+            &format!("daemon_ratio_qos{qos}"),
+            &format!("daemon / ceiling, QoS {qos}"),
+            Some(ratio),
+            "",
+            (qos == 0).then_some(Cmp::AtLeast(0.8)),
+            "",
+        );
+        details.insert(
+            format!("qos{qos}"),
+            json!({
+                "ceiling": {"msg_per_s": c.rate, "published": c.published, "received": c.received,
+                            "publisher_msg_per_s": c.pub_rate, "secs": c.secs, "extra": c.extra},
+                "daemon": {"msg_per_s": dm.rate, "published": dm.published, "processed_all_kinds": dm.received,
+                           "publisher_msg_per_s": dm.pub_rate, "secs": dm.secs, "extra": dm.extra},
+                "ratio": ratio,
+            }),
+        );
+    }
+    r.detail("ingest", Value::Object(details));
+    Ok(())
+}
+
+// ---------------------------------------------------------------- 3. latency + RSS
+
+/// Background load: `sites` × `per_site` chargers at 1 Hz, each site's simulator started
+/// `stagger` after the previous one (the simulator sends all of a site's chargers in the same
+/// millisecond each period; staggered sites spread that burst over the second).
+async fn start_background(
+    broker: &Mosquitto,
+    sites: &[String],
+    per_site: usize,
+    stagger: Duration,
+) -> Vec<(
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<evlounge::sim::publish::SimReport>>,
+)> {
+    let mut out = Vec::new();
+    for (i, site) in sites.iter().enumerate() {
+        if i > 0 {
+            tokio::time::sleep(stagger).await;
+        }
+        let opts = SimulateOptions {
+            duration: Some(Duration::from_secs(600)),
+            site: site.clone(),
+            connections: 1,
+            ..sim_opts(broker, per_site, 1.0, 1)
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let h = tokio::spawn(run_simulate(opts, async {
+            let _ = stop_rx.await;
+        }));
+        out.push((stop_tx, h));
+    }
+    out
+}
+
+async fn stop_background(
+    bg: Vec<(
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<anyhow::Result<evlounge::sim::publish::SimReport>>,
+    )>,
+) -> anyhow::Result<(u64, f64)> {
+    let mut hs = Vec::new();
+    for (tx, h) in bg {
+        let _ = tx.send(());
+        hs.push(h);
+    }
+    let (mut n, mut rate) = (0, 0.0);
+    for h in hs {
+        let rep = h.await.context("load task")??;
+        n += rep.messages;
+        rate += rep.msg_per_s;
+    }
+    Ok((n, rate))
+}
+
+/// Scripted DC sessions on `probes` chargers `{tag}-{i}` of site `bench`, one at a time: the
+/// session up to 79 % is applied first, then the completing message is timed to its
+/// `charging_complete` event. Returns (latencies in ms, missed).
+async fn probe(
+    d: &Daemon,
+    broker: &Mosquitto,
+    probes: usize,
+    tag: &str,
+) -> anyhow::Result<(Vec<f64>, usize)> {
+    let events: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let ev = events.clone();
+    let _sub = Client::connect(
+        broker.port,
+        &format!("bench-probe-sub-{tag}"),
+        Some((
+            &format!("evlounge/{SITE}/events/charging_complete"),
+            QoS::AtLeastOnce,
+        )),
+        move |p| {
+            let at = Instant::now();
+            if let Ok(v) = serde_json::from_slice::<Value>(&p.payload) {
+                if let Some(c) = v["charger"].as_str() {
+                    ev.lock().entry(c.to_string()).or_insert(at);
+                }
+            }
+        },
+    )
+    .await?;
+    let pubc =
+        Client::connect(broker.port, &format!("bench-probe-pub-{tag}"), None, |_| {}).await?;
+    let mut lat = Vec::new();
+    let mut missed = 0;
+    let mut sent = 0u64;
+    let base = chrono::Utc::now().timestamp_millis() - 3_600_000;
+    for i in 1..=probes {
+        let charger = format!("{tag}-{i}");
+        let topic = telemetry_topic(&charger);
+        let (before, done) = dc_session(&format!("P-{tag}-{i}"), base + i as i64 * 60_000);
+        for m in &before {
+            pubc.client
+                .publish(&topic, QoS::AtLeastOnce, false, m.clone())
+                .await?;
+            sent += 1;
+        }
+        pubc.wait_acked(sent, Duration::from_secs(30)).await?;
+        // The daemon has applied the session so far (charging at 79 %).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let v = d
+                .get_json(&format!("/api/v1/chargers/{SITE}/{charger}"))
+                .await;
+            let soc = v
+                .as_ref()
+                .and_then(|v| v["soc_pct"].as_f64().or(v["charger"]["soc_pct"].as_f64()));
+            if soc.is_some_and(|s| s >= 78.9) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("probe {charger} not applied within 30 s: {v:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let t0 = Instant::now();
+        pubc.client
+            .publish(&topic, QoS::AtLeastOnce, false, done)
+            .await?;
+        sent += 1;
+        let deadline = t0 + Duration::from_secs(10);
+        loop {
+            if let Some(at) = events.lock().get(&charger) {
+                lat.push(at.duration_since(t0).as_secs_f64() * 1000.0);
+                break;
+            }
+            if Instant::now() > deadline {
+                missed += 1;
+                break;
+            }
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+    }
+    Ok((lat, missed))
+}
+
+async fn bench_latency(r: &mut Report) -> anyhow::Result<()> {
+    println!("== latency telemetry → charging_complete, RSS");
+    daemon_bin()?;
+    let probes: usize = env_num("BENCH_PROBES", 50);
+    let vm = vm::Vm::start(false).await;
+    let hook = Hook::start().await?;
+    let broker = Mosquitto::start()?;
+    let d = Daemon::start(&daemon_config(&broker, &vm, &hook, None))?;
+    d.wait_ready().await?;
+    let spread_sites: Vec<String> = (0..10).map(|i| format!("b{i}")).collect();
+
+    // 1k chargers (site b0), then 10k (b0..b9, started 100 ms apart): RSS and latency.
+    let bg = start_background(&broker, &spread_sites[..1], 1000, Duration::ZERO).await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let (rss1k, hwm1k) = rss_mib(d.pid());
+    println!("  RSS at 1k chargers: {rss1k:.1} MiB (peak {hwm1k:.1})");
+    let (n1, rate1) = stop_background(bg).await?;
+
+    // The simulator as it is: one site of 10k chargers, all sending in the same millisecond.
+    let tel = |m: &str| metric(m, "evlounge_mqtt_messages_total", "kind=\"telemetry\"");
+    let p0 = tel(&d.metrics().await);
+    let bg = start_background(&broker, &[SITE.to_string()], 10_000, Duration::ZERO).await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let cpu0 = cpu_secs(d.pid());
+    let t_cpu = Instant::now();
+    let (lat_b, missed_b) = probe(&d, &broker, probes, "probe-b").await?;
+    let cpu = (cpu_secs(d.pid()) - cpu0) / t_cpu.elapsed().as_secs_f64();
+    let (rss10k, hwm10k) = rss_mib(d.pid());
+    let (nb, rateb) = stop_background(bg).await?;
+    let processed_b = tel(&d.metrics().await) - p0;
+    println!(
+        "  RSS at 10k chargers: {rss10k:.1} MiB (peak {hwm10k:.1}); daemon CPU {:.0} % of a core; \
+         {processed_b} of {nb} published processed",
+        cpu * 100.0
+    );
+
+    // Spread: 10 sites × 1k chargers, each simulator started 100 ms after the previous.
+    let p1 = tel(&d.metrics().await);
+    let bg = start_background(&broker, &spread_sites, 1000, Duration::from_millis(100)).await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let (lat, missed) = probe(&d, &broker, probes, "probe-s").await?;
+    let (n10, rate10) = stop_background(bg).await?;
+    let processed_s = tel(&d.metrics().await) - p1;
+    println!("  spread: {processed_s} of {n10} published processed");
+    if missed + missed_b > 0 {
+        r.detail("latency_daemon_log_tail", Value::String(d.log_tail()));
+    }
+
+    let s = stats(lat.clone());
+    let sb = stats(lat_b.clone());
+    let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    r.add(
+        "latency_complete_p50_ms",
+        "telemetry → charging_complete p50 (10k more chargers at 1 Hz, spread; after the burst run)",
+        s["p50"].as_f64(),
+        "ms",
+        None,
+        format!(
+            "{} probes ({missed} missed); 10 sites × 1k chargers, started 100 ms apart ({rate10:.0} msg/s); p90 {:.1} ms, max {:.1} ms",
+            lat.len(), f(&s, "p90"), f(&s, "max")
+        ),
+    );
+    r.add(
+        "latency_complete_p99_ms",
+        "telemetry → charging_complete p99 (10k chargers at 1 Hz, spread)",
+        s["p99"].as_f64(),
+        "ms",
+        Some(Cmp::Below(20.0)),
+        "",
+    );
+    r.add(
+        "latency_complete_burst_p50_ms",
+        "telemetry → charging_complete p50 (10k chargers in one 1 Hz burst)",
+        sb["p50"].as_f64(),
+        "ms",
+        None,
+        format!(
+            "{} probes ({missed_b} missed); one simulator, all 10k chargers in the same ms each second ({rateb:.0} msg/s); p90 {:.1} ms",
+            lat_b.len(), f(&sb, "p90")
+        ),
+    );
+    r.add(
+        "latency_complete_burst_p99_ms",
+        "telemetry → charging_complete p99 (10k chargers in one 1 Hz burst)",
+        sb["p99"].as_f64(),
+        "ms",
+        Some(Cmp::Below(20.0)),
+        format!("max {:.1} ms", f(&sb, "max")),
+    );
+    r.add(
+        "rss_1k_mib",
+        "daemon RSS, 1k chargers",
+        Some(rss1k),
+        "MiB",
+        None,
+        format!("peak {hwm1k:.1} MiB after 20 s at 1 Hz"),
+    );
+    r.add(
+        "rss_10k_mib",
+        "daemon RSS, 10k chargers",
+        Some(rss10k),
+        "MiB",
+        Some(Cmp::AtMost(64.0)),
+        format!(
+            "one site of 10k chargers; peak {hwm10k:.1} MiB; daemon CPU {:.0} % of a core at {rateb:.0} msg/s",
+            cpu * 100.0
+        ),
+    );
+    r.detail(
+        "latency",
+        json!({
+            "spread": {"complete_ms": s, "missed": missed, "samples_ms": lat,
+                       "messages": n10, "msg_per_s": rate10, "telemetry_processed": processed_s},
+            "burst": {"complete_ms": sb, "missed": missed_b, "samples_ms": lat_b,
+                      "messages": nb, "msg_per_s": rateb, "telemetry_processed": processed_b},
+            "rss_mib": {"1k": rss1k, "1k_peak": hwm1k, "10k": rss10k, "10k_peak": hwm10k},
+            "daemon_cpu_share_10k": cpu,
+            "daemon_thread_cpu_s": thread_cpu(d.pid()),
+            "load_1k": {"messages": n1, "msg_per_s": rate1},
+        }),
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------- 4. notify
+
+struct NotifyRun {
+    lat_ms: Vec<f64>,
+    missing: usize,
+    extra: Value,
+}
+
+async fn notify_run(
+    vm: &vm::Vm,
+    guests: usize,
+    spread: Duration,
+    dead_email: bool,
+) -> anyhow::Result<NotifyRun> {
+    let broker = Mosquitto::start()?;
+    let hook = Hook::start().await?;
+    // A port nothing listens on: every e-mail attempt is refused.
+    let email = dead_email.then(free_port);
+    let d = Daemon::start(&daemon_config(&broker, vm, &hook, email))?;
+    d.wait_ready().await?;
+    let chargers: Vec<String> = (1..=guests).map(|i| format!("n-{i}")).collect();
+    let t_link = Instant::now();
+    for (i, c) in chargers.iter().enumerate() {
+        d.link(json!({"site": SITE, "charger": c, "channel": "webhook",
+                      "address": format!("guest-ref-{i}"), "lang": "en"}))
+            .await?;
+        if dead_email {
+            d.link(json!({"site": SITE, "charger": c, "channel": "email",
+                          "address": format!("guest-{i}@example.com"), "lang": "it"}))
+                .await?;
+        }
+    }
+    let link_s = t_link.elapsed().as_secs_f64();
+    let pubc = Client::connect(broker.port, "bench-notify-pub", None, |_| {}).await?;
+    let base = chrono::Utc::now().timestamp_millis() - 3_600_000;
+    let mut finals = Vec::with_capacity(guests);
+    let mut sent = 0u64;
+    for (i, c) in chargers.iter().enumerate() {
+        let (before, done) = dc_session(&format!("N-{i}"), base);
+        for m in before {
+            pubc.client
+                .publish(telemetry_topic(c), QoS::AtLeastOnce, false, m)
+                .await?;
+            sent += 1;
+        }
+        finals.push((c.clone(), done));
+    }
+    pubc.wait_acked(sent, Duration::from_secs(120)).await?;
+    // Every charger at 79 % before the completions start.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let v = d.get_json("/api/v1/chargers").await;
+        let ready = v
+            .as_ref()
+            .and_then(|v| v["chargers"].as_array().cloned())
+            .map_or(0, |l| {
+                l.iter()
+                    .filter(|c| {
+                        c["charger"].as_str().is_some_and(|s| s.starts_with("n-"))
+                            && c["soc_pct"].as_f64().is_some_and(|s| s >= 78.9)
+                    })
+                    .count()
+            });
+        if ready >= guests {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("only {ready} of {guests} sessions applied within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Let nearly_complete deliveries from the build-up drain (bounded).
+    let settle = Instant::now() + Duration::from_secs(30);
+    let mut seen = (hook.log.lock().len(), Instant::now());
+    while Instant::now() < settle && seen.1.elapsed() < Duration::from_secs(1) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let n = hook.log.lock().len();
+        if n != seen.0 {
+            seen = (n, Instant::now());
+        }
+    }
+    let t_start = tokio::time::Instant::now();
+    let step = spread / guests as u32;
+    let mut published: HashMap<String, Instant> = HashMap::new();
+    for (i, (c, done)) in finals.into_iter().enumerate() {
+        tokio::time::sleep_until(t_start + step * i as u32).await;
+        published.insert(c.clone(), Instant::now());
+        pubc.client
+            .publish(telemetry_topic(&c), QoS::AtLeastOnce, false, done)
+            .await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while hook.count("charging_complete") < guests && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut lat = Vec::new();
+    let mut got: HashMap<String, Instant> = HashMap::new();
+    for (c, k, at) in hook.log.lock().iter() {
+        if k == "charging_complete" {
+            got.entry(c.clone()).or_insert(*at);
+        }
+    }
+    for (c, t) in &published {
+        if let Some(at) = got.get(c) {
+            lat.push(at.saturating_duration_since(*t).as_secs_f64() * 1000.0);
+        }
+    }
+    let m = d.metrics().await;
+    let missing = guests - lat.len();
+    if missing > 0 {
+        eprintln!(
+            "  {missing} webhooks missing; daemon log tail:\n{}",
+            d.log_tail()
+        );
+    }
+    Ok(NotifyRun {
+        lat_ms: lat,
+        missing,
+        extra: json!({
+            "link_s": link_s,
+            "webhook_delivered": metric(&m, "evlounge_notifications_total", "channel=\"webhook\",outcome=\"delivered\""),
+            "email_outcomes": m.lines().filter(|l| l.starts_with("evlounge_notifications_total") && l.contains("email")).collect::<Vec<_>>(),
+            "outbox": outbox_summary(&d),
+        }),
+    })
+}
+
+/// Per channel: notifications by status and attempts made, read from the daemon's store.
+fn outbox_summary(d: &Daemon) -> Value {
+    let path = evlounge::store::db_path(&d.dir.path().join("data"));
+    let q = || -> rusqlite::Result<Vec<Value>> {
+        let c = rusqlite::Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )?;
+        c.busy_timeout(Duration::from_secs(5))?;
+        let mut st = c.prepare(
+            "SELECT channel, status, count(*), sum(attempts) FROM notifications GROUP BY 1, 2",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(
+                json!({"channel": r.get::<_, String>(0)?, "status": r.get::<_, String>(1)?,
+                      "count": r.get::<_, i64>(2)?, "attempts": r.get::<_, i64>(3)?}),
+            )
+        })?;
+        rows.collect()
+    };
+    q().map_or_else(|e| json!({"error": e.to_string()}), Value::from)
+}
+
+async fn bench_notify(r: &mut Report) -> anyhow::Result<()> {
+    println!("== notify: event → webhook");
+    daemon_bin()?;
+    let spread = Duration::from_secs(env_num("BENCH_NOTIFY_SPREAD_S", 60));
+    let guests = 1000;
+    let vm = vm::Vm::start(false).await;
+    let mut details = serde_json::Map::new();
+    for (dead, id, label) in [
+        (false, "notify_webhook", "webhook only"),
+        (true, "notify_webhook_email_down", "e-mail channel down"),
+    ] {
+        let run = match notify_run(&vm, guests, spread, dead).await {
+            Ok(x) => x,
+            Err(e) => {
+                r.error(id, &e);
+                continue;
+            }
+        };
+        let s = stats(run.lat_ms.clone());
+        println!("  {label}: {s} {}", run.extra);
+        r.add(
+            &format!("{id}_p50_ms"),
+            &format!(
+                "event → webhook p50, 1,000 guests / {} s, {label}",
+                spread.as_secs()
+            ),
+            s["p50"].as_f64(),
+            "ms",
+            None,
+            format!(
+                "{} delivered, {} missing; p90 {:.1} ms, max {:.1} ms",
+                run.lat_ms.len(),
+                run.missing,
+                s["p90"].as_f64().unwrap_or(f64::NAN),
+                s["max"].as_f64().unwrap_or(f64::NAN)
+            ),
+        );
+        r.add(
+            &format!("{id}_p99_ms"),
+            &format!(
+                "event → webhook p99, 1,000 guests / {} s, {label}",
+                spread.as_secs()
+            ),
+            s["p99"].as_f64(),
+            "ms",
+            Some(Cmp::Below(50.0)),
+            if dead {
+                format!(
+                    "1,000 e-mail guests too, SMTP port refused; outbox {}",
+                    run.extra["outbox"]
+                )
+            } else {
+                String::new()
+            },
+        );
+        details.insert(
+            id.to_string(),
+            json!({"latency_ms": s, "missing": run.missing, "extra": run.extra}),
+        );
+    }
+    r.detail("notify", Value::Object(details));
+    Ok(())
+}
+
+// ---------------------------------------------------------------- 5. callgrind
+
+fn bench_callgrind(r: &mut Report) -> anyhow::Result<()> {
+    println!("== callgrind: instructions per message (fixed replay)");
+    let replay = release_bin(
+        "target/release/examples/replay",
+        "cargo build --release --example replay",
+    )?;
+    let n: u64 = env_num("BENCH_REPLAY_N", 100_000);
+    let dir = scratch()?;
+    let out = dir.path().join("callgrind.out");
+    // Only the commit thread's loop is counted: stream generation and store setup are not.
+    let o = Command::new("valgrind")
+        .arg("--tool=callgrind")
+        .arg(format!("--callgrind-out-file={}", out.display()))
+        .arg("--toggle-collect=*Processor*run*")
+        .arg(&replay)
+        .arg(n.to_string())
+        .output()
+        .context("valgrind not runnable (apt-get install valgrind)")?;
+    if !o.status.success() {
+        bail!(
+            "valgrind failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .rev()
+                .take(10)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    let text = std::fs::read_to_string(&out)?;
+    let total: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("totals:")
+                .or_else(|| l.strip_prefix("summary:"))
+        })
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no totals in the callgrind output")?;
+    if total <= 0.0 {
+        bail!("callgrind counted nothing: Processor::run not found by --toggle-collect");
+    }
+    let stdout = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let per = total / n as f64;
+    r.add(
+        "callgrind_instr_per_msg",
+        "instructions per message (decode + domain + commit, callgrind)",
+        Some(per),
+        "instr",
+        None,
+        format!("{n} simulator messages, 200 chargers; {total:.0} instructions in Processor::run"),
+    );
+    r.detail(
+        "callgrind",
+        json!({"messages": n, "instructions": total, "per_message": per, "replay": stdout}),
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------- main
+
+fn main() {
+    // cargo passes `--bench`; anything else starting with `-` is ignored too.
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let mut cmds: Vec<String> = Vec::new();
+    for a in &args {
+        match a.as_str() {
+            "all" => cmds.extend(COMMANDS.iter().map(|s| s.to_string())),
+            "rss" => cmds.push("latency".into()),
+            c if COMMANDS.contains(&c) => cmds.push(c.to_string()),
+            other => {
+                eprintln!(
+                    "unknown measurement {other:?}; use: all {} rss",
+                    COMMANDS.join(" ")
+                );
+                std::process::exit(2);
+            }
+        }
+    }
+    if cmds.is_empty() {
+        eprintln!(
+            "usage: cargo bench --bench suite -- all | {} | rss",
+            COMMANDS.join(" | ")
+        );
+        std::process::exit(2);
+    }
+    cmds.dedup();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tokio runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let mut report = Report::default();
+    for c in &cmds {
+        let res = match c.as_str() {
+            "decode" => bench_decode(&mut report),
+            "ingest" => rt.block_on(bench_ingest(&mut report)),
+            "latency" => rt.block_on(bench_latency(&mut report)),
+            "notify" => rt.block_on(bench_notify(&mut report)),
+            "callgrind" => bench_callgrind(&mut report),
+            _ => Ok(()),
+        };
+        if let Err(e) = res {
+            report.error(c, &e);
+        }
+    }
+    match report.write(&cmds) {
+        Ok(md) => println!("\n{md}"),
+        Err(e) => {
+            eprintln!("writing results: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
