@@ -451,9 +451,10 @@ impl Processor {
                 }
             }
         }
+        let latency = metrics::histogram!("evlounge_processing_latency_seconds");
+        let now = crate::util::time::now_ms();
         for m in batch.iter() {
-            let latency = (crate::util::time::now_ms() - m.recv_ms).max(0) as f64 / 1000.0;
-            metrics::histogram!("evlounge_processing_latency_seconds").record(latency);
+            latency.record((now - m.recv_ms).max(0) as f64 / 1000.0);
         }
         Ok(())
     }

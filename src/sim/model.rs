@@ -606,7 +606,10 @@ impl Charger {
             topic_availability: format!("{base}/charger/{}/availability", c.id),
             rng,
             period_ms: cfg.telemetry_period_ms,
-            next_periodic: cfg.start_ms as f64,
+            // Chargers report out of phase with each other, as real ones do: a site's load
+            // is spread over the period rather than one burst per period.
+            next_periodic: cfg.start_ms as f64
+                + cfg.telemetry_period_ms * (index as f64 / cfg.chargers.len().max(1) as f64),
             last_t: cfg.start_ms,
             meter_kwh,
             temperature_c: 22.0,
