@@ -63,6 +63,14 @@ impl Live {
             .cloned()
     }
 
+    pub fn zone(&self, site: &str, zone: &str) -> Option<LiveZone> {
+        self.state
+            .read()
+            .zones
+            .get(&(site.to_string(), zone.to_string()))
+            .cloned()
+    }
+
     pub fn zones(&self) -> Vec<LiveZone> {
         self.state.read().zones.values().cloned().collect()
     }

@@ -156,6 +156,7 @@ pub async fn run_with(
 
     let (out_stop_tx, out_stop_rx) = watch::channel(false);
     let mqtt_out = MqttOut {
+        live: live.clone(),
         marked: parking_lot::Mutex::new(std::collections::BTreeMap::new()),
         handle: handle.clone(),
         rx: out_rx,

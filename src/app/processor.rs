@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-use crate::app::live::{charger_json, zone_json, Live};
+use crate::app::live::Live;
 use crate::config::Config;
 use crate::domain::charger::{ChargerInput, ChargerMachine, Effect};
 use crate::domain::event::Event;
@@ -66,6 +66,13 @@ pub trait CommitHook: Send {
     );
 }
 
+/// Which live state a retained state topic shows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StateKey {
+    Charger(String, String),
+    Zone(String, String),
+}
+
 /// Messages for the MQTT publisher task.
 #[derive(Debug)]
 pub enum OutMsg {
@@ -75,8 +82,9 @@ pub enum OutMsg {
         topic: String,
         payload: String,
     },
-    /// Retained live state (coalesced and rate-limited by the publisher).
-    State { topic: String, payload: String },
+    /// Retained live state changed (coalesced and rate-limited by the publisher, which
+    /// renders it from the live view when it is due: no JSON per message here).
+    State { topic: String, key: StateKey },
     /// Dead-letter copy of a rejected message.
     DeadLetter { topic: String, payload: Vec<u8> },
 }
@@ -836,33 +844,32 @@ impl Processor {
                 });
             }
         }
-        let mut chargers = Vec::new();
-        for key in &p.dirty_chargers {
-            if let Some(slot) = self.chargers.get(key) {
-                let live = slot.machine.live(&slot.meta);
-                if let Some(out) = &self.out {
-                    let _ = out.try_send(OutMsg::State {
-                        topic: format!("{prefix}/{}/state/charger/{}", key.site, key.charger),
-                        payload: charger_json(&live).to_string(),
-                    });
-                }
-                chargers.push(live);
-            }
-        }
-        let mut zones = Vec::new();
-        for key in &p.dirty_zones {
-            if let Some(slot) = self.zones.get(key) {
-                let live = slot.machine.live(&slot.meta);
-                if let Some(out) = &self.out {
-                    let _ = out.try_send(OutMsg::State {
-                        topic: format!("{prefix}/{}/state/lounge/{}", key.site, key.zone),
-                        payload: zone_json(&live).to_string(),
-                    });
-                }
-                zones.push(live);
-            }
-        }
+        let chargers = p
+            .dirty_chargers
+            .iter()
+            .filter_map(|k| self.chargers.get(k).map(|s| s.machine.live(&s.meta)))
+            .collect();
+        let zones = p
+            .dirty_zones
+            .iter()
+            .filter_map(|k| self.zones.get(k).map(|s| s.machine.live(&s.meta)))
+            .collect();
+        // The live view first: the publisher renders retained state from it.
         self.live.update(chargers, zones);
+        if let Some(out) = &self.out {
+            for key in &p.dirty_chargers {
+                let _ = out.try_send(OutMsg::State {
+                    topic: format!("{prefix}/{}/state/charger/{}", key.site, key.charger),
+                    key: StateKey::Charger(key.site.clone(), key.charger.clone()),
+                });
+            }
+            for key in &p.dirty_zones {
+                let _ = out.try_send(OutMsg::State {
+                    topic: format!("{prefix}/{}/state/lounge/{}", key.site, key.zone),
+                    key: StateKey::Zone(key.site.clone(), key.zone.clone()),
+                });
+            }
+        }
         Ok(())
     }
 }

@@ -8,11 +8,14 @@ use std::time::{Duration, Instant};
 use rumqttc::QoS;
 use tokio::sync::watch;
 
-use crate::app::processor::OutMsg;
+use crate::app::live::{charger_json, zone_json, Live};
+use crate::app::processor::{OutMsg, StateKey};
 use crate::ingest::mqtt::MqttHandle;
 use crate::store;
 
 pub struct MqttOut {
+    /// Retained state is rendered from here when it is due.
+    pub live: std::sync::Arc<Live>,
     /// Smallest event seq marked published per connection (ConnAck count at the time).
     /// `publish()` returns once the client has the request, not when the broker has the
     /// message; if the broker comes back without our session, rumqttc drops what was in
@@ -26,7 +29,7 @@ pub struct MqttOut {
 }
 
 struct StateSlot {
-    pending: Option<String>,
+    pending: Option<StateKey>,
     last_sent: Option<Instant>,
 }
 
@@ -99,12 +102,12 @@ impl MqttOut {
                     self.mark(conn, &[seq], published);
                 }
             }
-            OutMsg::State { topic, payload } => {
+            OutMsg::State { topic, key } => {
                 let slot = states.entry(topic).or_insert(StateSlot {
                     pending: None,
                     last_sent: None,
                 });
-                slot.pending = Some(payload);
+                slot.pending = Some(key);
             }
             OutMsg::DeadLetter { topic, payload } => {
                 if self.handle.is_connected() {
@@ -259,14 +262,23 @@ impl MqttOut {
             if !due {
                 continue;
             }
-            if let Some(payload) = slot.pending.take() {
+            if let Some(key) = slot.pending.take() {
+                let payload = match &key {
+                    StateKey::Charger(site, id) => {
+                        self.live.charger(site, id).map(|c| charger_json(&c))
+                    }
+                    StateKey::Zone(site, zone) => self.live.zone(site, zone).map(|z| zone_json(&z)),
+                };
+                let Some(payload) = payload else {
+                    continue;
+                };
                 if self
                     .handle
                     .client
-                    .try_publish(topic.clone(), QoS::AtLeastOnce, true, payload.clone())
+                    .try_publish(topic.clone(), QoS::AtLeastOnce, true, payload.to_string())
                     .is_err()
                 {
-                    slot.pending = Some(payload);
+                    slot.pending = Some(key);
                     return;
                 }
                 slot.last_sent = Some(now);
