@@ -90,7 +90,7 @@ pub async fn run_with(
     let ingest = mqtt::connect(&cfg.mqtt, &client_id, &filters)?;
     let handle = ingest.handle.clone();
 
-    let (in_tx, in_rx) = flume::bounded::<mqtt::Inbound>(8192);
+    let (in_tx, in_rx) = flume::bounded::<mqtt::Inbound>(16_384);
     let (out_tx, out_rx) = flume::bounded(16_384);
 
     // Time series: the spool is written by the commit thread, read by the sink task.

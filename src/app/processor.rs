@@ -142,7 +142,7 @@ struct Pending {
     frontdesk: Vec<(String, Vec<u8>)>,
 }
 
-pub const BATCH_MAX: usize = 2048;
+pub const BATCH_MAX: usize = 8192;
 pub const TICK: Duration = Duration::from_millis(500);
 
 impl Processor {
