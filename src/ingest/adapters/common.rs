@@ -88,6 +88,34 @@ pub fn parse_time_str(s: &str) -> Option<TsMs> {
 
 /// A timestamp given as RFC 3339, epoch milliseconds, or epoch seconds (numbers below 1e11
 /// are seconds: 1e11 ms is 1973, 1e11 s is the year 5138).
+/// A charging station's message clock: a frame without a timestamp sits at the station's
+/// latest known message time, or the receive time when there is none (CONTRACT §3).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StationClock {
+    last: Option<TsMs>,
+}
+
+impl StationClock {
+    /// The frame's time: its own `timestamp`, else the station's latest.
+    pub fn ts(&self, explicit: Option<&Value>, recv_ms: TsMs) -> Result<TsMs, DecodeError> {
+        match explicit {
+            None | Some(Value::Null) => Ok(self.latest(recv_ms)),
+            Some(v) => {
+                parse_time_value(v).ok_or_else(|| DecodeError::InvalidField("timestamp".into()))
+            }
+        }
+    }
+
+    /// The latest time seen, or `recv_ms` before any.
+    pub fn latest(&self, recv_ms: TsMs) -> TsMs {
+        self.last.unwrap_or(recv_ms)
+    }
+
+    pub fn saw(&mut self, ts: TsMs) {
+        self.last = Some(self.last.map_or(ts, |l| l.max(ts)));
+    }
+}
+
 pub fn parse_time_value(v: &Value) -> Option<TsMs> {
     match v {
         Value::String(s) => parse_time_str(s),

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use serde_json::Value;
 
 use super::common::{
-    check_telemetry, num, opt_num, opt_str, parse_json, parse_time_value, MsgClock, SessionEnergy,
+    check_telemetry, num, opt_num, opt_str, parse_json, MsgClock, SessionEnergy, StationClock,
     Target,
 };
 use super::template::Captures;
@@ -97,7 +97,7 @@ impl Conn {
 
 #[derive(Debug, Default)]
 struct Station {
-    last_ts: Option<TsMs>,
+    clock: StationClock,
     /// Per charger (connector): frames of one instant get distinct times (see [`MsgClock`]).
     clocks: HashMap<String, MsgClock>,
     boot: Option<BootInfo>,
@@ -106,18 +106,12 @@ struct Station {
 }
 
 impl Station {
-    /// Frames without a timestamp sit at the station's latest known time (CONTRACT §3).
     fn ts(&self, explicit: Option<&Value>, recv_ms: TsMs) -> Result<TsMs, DecodeError> {
-        match explicit {
-            None | Some(Value::Null) => Ok(self.last_ts.unwrap_or(recv_ms)),
-            Some(v) => {
-                parse_time_value(v).ok_or_else(|| DecodeError::InvalidField("timestamp".into()))
-            }
-        }
+        self.clock.ts(explicit, recv_ms)
     }
 
     fn saw(&mut self, ts: TsMs) {
-        self.last_ts = Some(self.last_ts.map_or(ts, |l| l.max(ts)));
+        self.clock.saw(ts);
     }
 }
 
@@ -564,7 +558,7 @@ fn call_result(
         .and_then(Value::as_i64)
         .ok_or_else(|| DecodeError::InvalidField("transactionId".into()))?;
     let key = key_for(target, caps, connector)?;
-    let ts = st.last_ts.unwrap_or(recv_ms);
+    let ts = st.clock.latest(recv_ms);
     let Some(c) = st.connectors.get_mut(&connector) else {
         return Ok(vec![]);
     };

@@ -9,9 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde_json::Value;
 
-use super::common::{
-    check_telemetry, opt_str, parse_json, parse_time_value, SessionEnergy, Target,
-};
+use super::common::{check_telemetry, opt_str, parse_json, SessionEnergy, StationClock, Target};
 use super::ocpp16j::{read_samples, BootInfo, Dialect};
 use super::template::Captures;
 use super::{Adapter, DecodeError};
@@ -42,23 +40,18 @@ struct Evse {
 
 #[derive(Debug, Default)]
 struct Station {
-    last_ts: Option<TsMs>,
+    clock: StationClock,
     boot: Option<BootInfo>,
     evses: BTreeMap<u32, Evse>,
 }
 
 impl Station {
     fn ts(&self, explicit: Option<&Value>, recv_ms: TsMs) -> Result<TsMs, DecodeError> {
-        match explicit {
-            None | Some(Value::Null) => Ok(self.last_ts.unwrap_or(recv_ms)),
-            Some(v) => {
-                parse_time_value(v).ok_or_else(|| DecodeError::InvalidField("timestamp".into()))
-            }
-        }
+        self.clock.ts(explicit, recv_ms)
     }
 
     fn saw(&mut self, ts: TsMs) {
-        self.last_ts = Some(self.last_ts.map_or(ts, |l| l.max(ts)));
+        self.clock.saw(ts);
     }
 }
 
