@@ -1310,6 +1310,7 @@ async fn bench_latency(r: &mut Report) -> anyhow::Result<()> {
     let p1 = tel(&d.metrics().await);
     let bg = start_background(&broker, &spread_sites, 1000, Duration::from_millis(100)).await;
     tokio::time::sleep(Duration::from_secs(30)).await;
+    let hist_b = histograms(&d.metrics().await);
     let (lat, missed) = probe(&d, &broker, probes, "probe-s").await?;
     let (n10, rate10) = stop_background(bg).await?;
     let processed_s = tel(&d.metrics().await) - p1;
@@ -1387,11 +1388,37 @@ async fn bench_latency(r: &mut Report) -> anyhow::Result<()> {
                       "messages": nb, "msg_per_s": rateb, "telemetry_processed": processed_b},
             "rss_mib": {"1k": rss1k, "1k_peak": hwm1k, "10k": rss10k, "10k_peak": hwm10k},
             "daemon_cpu_share_10k": cpu,
+            "histograms_after_burst": hist_b,
+            "histograms_at_end": histograms(&d.metrics().await),
             "daemon_thread_cpu_s": thread_cpu(d.pid()),
             "load_1k": {"messages": n1, "msg_per_s": rate1},
         }),
     );
     Ok(())
+}
+
+/// The daemon's latency histograms (cumulative buckets), for where a tail comes from.
+fn histograms(text: &str) -> Value {
+    let mut out = serde_json::Map::new();
+    for name in [
+        "evlounge_batch_seconds",
+        "evlounge_processing_latency_seconds",
+        "evlounge_event_publish_seconds",
+        "evlounge_commit_sync_seconds",
+        "evlounge_checkpoint_seconds",
+    ] {
+        let buckets: Vec<Value> = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}_bucket")))
+            .filter_map(|l| {
+                let le = l.split("le=\"").nth(1)?.split('"').next()?;
+                let v: f64 = l.rsplit(' ').next()?.parse().ok()?;
+                Some(json!([le, v]))
+            })
+            .collect();
+        out.insert(name.to_string(), Value::Array(buckets));
+    }
+    Value::Object(out)
 }
 
 // ---------------------------------------------------------------- 4. notify

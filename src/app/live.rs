@@ -29,7 +29,12 @@ pub struct LiveState {
 pub struct Live {
     // A std-style lock held only for map updates and clones, never across an await.
     state: RwLock<LiveState>,
+    /// Events and state changes for SSE clients. State changes are rendered to JSON only
+    /// while a client listens.
     pub tx: broadcast::Sender<LiveItem>,
+    /// Zone changes for in-process listeners (the lounge occupancy history), typed, so
+    /// they never make the commit thread render charger JSON nobody reads.
+    pub zones_tx: broadcast::Sender<LiveZone>,
 }
 
 impl Default for Live {
@@ -41,9 +46,11 @@ impl Default for Live {
 impl Live {
     pub fn new() -> Self {
         let (tx, _) = broadcast::channel(4096);
+        let (zones_tx, _) = broadcast::channel(1024);
         Live {
             state: RwLock::new(LiveState::default()),
             tx,
+            zones_tx,
         }
     }
 
@@ -80,10 +87,12 @@ impl Live {
             return;
         }
         let mut items = Vec::new();
+        let listening = self.tx.receiver_count() > 0;
+        let zone_listeners = self.zones_tx.receiver_count() > 0;
         {
             let mut st = self.state.write();
             for c in chargers {
-                if self.tx.receiver_count() > 0 {
+                if listening {
                     if let Ok(data) = serde_json::to_string(&charger_json(&c)) {
                         items.push(LiveItem {
                             seq: None,
@@ -95,7 +104,10 @@ impl Live {
                 st.chargers.insert((c.site.clone(), c.charger.clone()), c);
             }
             for z in zones {
-                if self.tx.receiver_count() > 0 {
+                if zone_listeners {
+                    let _ = self.zones_tx.send(z.clone());
+                }
+                if listening {
                     if let Ok(data) = serde_json::to_string(&zone_json(&z)) {
                         items.push(LiveItem {
                             seq: None,

@@ -83,6 +83,11 @@ pub async fn run_with(
         None => client_id(&cfg.data_dir)?,
     };
     let conn = crate::store::open(&cfg.data_dir).context("opening the store")?;
+    // Dropping the sender (at the end of `run_with`, however it ends) stops it after a
+    // last checkpoint.
+    let (_checkpoint_stop, checkpoint_rx) = std::sync::mpsc::channel::<()>();
+    crate::store::spawn_checkpointer(&cfg.data_dir, checkpoint_rx)
+        .context("spawning the checkpointer")?;
     let live = Arc::new(Live::new());
 
     let sources = crate::ingest::sources::build(&cfg.sources);

@@ -5,6 +5,8 @@
 //! decider is synchronous by design and SQLite is blocking.
 
 use std::collections::{BTreeMap, HashMap};
+
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +16,7 @@ use crate::app::live::Live;
 use crate::config::Config;
 use crate::domain::charger::{ChargerInput, ChargerMachine, Effect};
 use crate::domain::event::Event;
+use crate::domain::input::ChargerStatus;
 use crate::domain::input::{ChargerKey, Input, ZoneKey};
 use crate::domain::lounge::ZoneMachine;
 use crate::domain::session::SessionRecord;
@@ -81,6 +84,8 @@ pub enum OutMsg {
         seq: i64,
         topic: String,
         payload: String,
+        /// When its batch committed (for `evlounge_event_publish_seconds`).
+        committed: Instant,
     },
     /// Retained live state changed (coalesced and rate-limited by the publisher, which
     /// renders it from the live view when it is due: no JSON per message here).
@@ -90,6 +95,7 @@ pub enum OutMsg {
 }
 
 struct ChargerSlot {
+    key: ChargerKey,
     meta: ChargerMeta,
     machine: ChargerMachine,
     /// Wall clock (ms) when the last message for this charger was applied.
@@ -99,6 +105,134 @@ struct ChargerSlot {
     unsaved: bool,
     must_save: bool,
     saved_wall_ms: i64,
+    /// Listed in this batch's dirty chargers (one entry per charger, no sort/dedup).
+    dirty: bool,
+    /// The open session's (session_id, session_key), kept so the hot path compares
+    /// instead of cloning them per message.
+    open: Option<(String, String)>,
+    /// What the live view shows of status and online; a change is shown at once.
+    shown: (Option<ChargerStatus>, bool),
+    /// Put this charger in the live view (and retained state) in this batch: something
+    /// was decided or its status changed. Plain telemetry is coalesced instead: at most
+    /// one live update per charger per `live_every`, the last one never held back longer
+    /// than that plus a tick.
+    live_now: bool,
+    live_pending: bool,
+    live_wall_ms: i64,
+}
+
+impl ChargerSlot {
+    fn new(
+        key: ChargerKey,
+        meta: ChargerMeta,
+        machine: ChargerMachine,
+        now: i64,
+        fresh: bool,
+    ) -> Self {
+        let open = owned_ids(machine.open_session_ids());
+        let shown = machine.status_online();
+        ChargerSlot {
+            key,
+            meta,
+            machine,
+            last_wall_ms: now,
+            unsaved: fresh,
+            must_save: fresh,
+            saved_wall_ms: now,
+            dirty: false,
+            open,
+            shown,
+            live_now: fresh,
+            live_pending: false,
+            live_wall_ms: now,
+        }
+    }
+
+    /// After a step: refreshes the cached session ids and shown status. Returns the
+    /// session ids from before the step when they changed.
+    #[allow(clippy::option_option)]
+    fn observe(&mut self) -> Option<Option<(String, String)>> {
+        let shown = self.machine.status_online();
+        if shown != self.shown {
+            self.shown = shown;
+            self.live_now = true;
+        }
+        let now = self.machine.open_session_ids();
+        if self.open.as_ref().map(|(a, b)| (a.as_str(), b.as_str())) == now {
+            return None;
+        }
+        let before = std::mem::replace(&mut self.open, owned_ids(now));
+        Some(before)
+    }
+}
+
+/// Every charger's slot, found by key once per message; the rest of the batch refers to
+/// it by index (no repeated hashing of two strings per message).
+#[derive(Default)]
+struct Chargers {
+    index: FxHashMap<ChargerKey, usize>,
+    slots: Vec<ChargerSlot>,
+}
+
+impl Chargers {
+    fn insert(&mut self, slot: ChargerSlot) -> usize {
+        if let Some(&i) = self.index.get(&slot.key) {
+            self.slots[i] = slot;
+            return i;
+        }
+        let i = self.slots.len();
+        self.index.insert(slot.key.clone(), i);
+        self.slots.push(slot);
+        i
+    }
+
+    fn find(&self, key: &ChargerKey) -> Option<usize> {
+        self.index.get(key).copied()
+    }
+
+    fn clear(&mut self) {
+        self.index.clear();
+        self.slots.clear();
+    }
+}
+
+fn owned_ids(ids: Option<(&str, &str)>) -> Option<(String, String)> {
+    ids.map(|(a, b)| (a.to_string(), b.to_string()))
+}
+
+/// Periodic (plain telemetry) snapshots saved per batch at most: a few, plus one per four
+/// messages. When thousands of chargers come due together (they were first heard within
+/// the same second) the saves spread over the following batches instead of stalling one;
+/// at one message per charger per second this still saves each one every ~10 s.
+fn snapshots_per_batch(messages: usize) -> usize {
+    16 + messages / 4
+}
+
+/// Metric handles, resolved once (a labelled macro call per message is a registry lookup).
+struct Meters {
+    telemetry: metrics::Counter,
+    availability: metrics::Counter,
+    lounge: metrics::Counter,
+    frontdesk: metrics::Counter,
+    clock_skew: metrics::Counter,
+    out_of_order: metrics::Counter,
+    latency: metrics::Histogram,
+    sync: metrics::Histogram,
+}
+
+impl Meters {
+    fn new() -> Self {
+        Meters {
+            telemetry: metrics::counter!("evlounge_mqtt_messages_total", "kind" => "telemetry"),
+            availability: metrics::counter!("evlounge_mqtt_messages_total", "kind" => "availability"),
+            lounge: metrics::counter!("evlounge_mqtt_messages_total", "kind" => "lounge"),
+            frontdesk: metrics::counter!("evlounge_mqtt_messages_total", "kind" => "frontdesk"),
+            clock_skew: metrics::counter!("evlounge_clock_skew_total"),
+            out_of_order: metrics::counter!("evlounge_ignored_total", "reason" => "out_of_order"),
+            latency: metrics::histogram!("evlounge_processing_latency_seconds"),
+            sync: metrics::histogram!("evlounge_commit_sync_seconds"),
+        }
+    }
 }
 
 /// A charger whose messages decide nothing new (1 Hz telemetry while charging) has its
@@ -116,8 +250,11 @@ struct ZoneSlot {
 pub struct Processor {
     cfg: Arc<Config>,
     conn: Connection,
-    chargers: HashMap<ChargerKey, ChargerSlot>,
-    zones: HashMap<ZoneKey, ZoneSlot>,
+    chargers: Chargers,
+    zones: FxHashMap<ZoneKey, ZoneSlot>,
+    /// Minimum interval between two live-view updates of a charger for plain telemetry.
+    live_every_ms: i64,
+    meters: Meters,
     sink: Option<Box<dyn PointSink>>,
     hook: Option<Box<dyn CommitHook>>,
     adapters: Vec<crate::ingest::Source>,
@@ -129,6 +266,8 @@ pub struct Processor {
     last_tick: Instant,
     /// Points from other tasks (notification outcomes) that go through the spool too.
     extra_points: Option<flume::Receiver<Point>>,
+    /// The batch's pending effects, reused across batches.
+    scratch: Pending,
 }
 
 /// What one batch produced before commit.
@@ -137,9 +276,25 @@ struct Pending {
     sessions: BTreeMap<String, (SessionRecord, bool)>,
     events: Vec<(Event, Option<String>)>,
     points: Vec<Point>,
-    dirty_chargers: Vec<ChargerKey>,
+    /// Indices into `Processor::chargers`, each charger once.
+    dirty_chargers: Vec<usize>,
+    /// Messages in the batch.
+    messages: usize,
     dirty_zones: Vec<ZoneKey>,
     frontdesk: Vec<(String, Vec<u8>)>,
+}
+
+impl Pending {
+    /// Empties it for the next batch, keeping the allocations.
+    fn clear(&mut self) {
+        self.sessions.clear();
+        self.events.clear();
+        self.points.clear();
+        self.dirty_chargers.clear();
+        self.dirty_zones.clear();
+        self.frontdesk.clear();
+        self.messages = 0;
+    }
 }
 
 pub const BATCH_MAX: usize = 8192;
@@ -152,11 +307,16 @@ impl Processor {
         live: Arc<Live>,
         adapters: Vec<crate::ingest::Source>,
     ) -> Result<Self, StoreError> {
+        let live_every_ms = i64::try_from(cfg.mqtt.state_min_interval.as_millis())
+            .unwrap_or(i64::MAX)
+            .min(1_000);
         let mut p = Processor {
             cfg,
             conn,
-            chargers: HashMap::new(),
-            zones: HashMap::new(),
+            chargers: Chargers::default(),
+            zones: FxHashMap::default(),
+            live_every_ms,
+            meters: Meters::new(),
             sink: None,
             hook: None,
             adapters,
@@ -167,6 +327,7 @@ impl Processor {
             suppressed: HashMap::new(),
             last_tick: Instant::now(),
             extra_points: None,
+            scratch: Pending::default(),
         };
         p.register_configured();
         p.resume()?;
@@ -202,17 +363,13 @@ impl Processor {
                     site: c.site.clone(),
                     charger: c.charger.clone(),
                 };
-                self.chargers.insert(
+                self.chargers.insert(ChargerSlot::new(
                     key,
-                    ChargerSlot {
-                        machine: ChargerMachine::new(c),
-                        meta: c.clone(),
-                        last_wall_ms: now,
-                        unsaved: false,
-                        must_save: false,
-                        saved_wall_ms: now,
-                    },
-                );
+                    c.clone(),
+                    ChargerMachine::new(c),
+                    now,
+                    false,
+                ));
             }
             for z in &site.zones {
                 let key = ZoneKey {
@@ -239,17 +396,8 @@ impl Processor {
             let meta = self.charger_meta(&key);
             match serde_json::from_str::<ChargerMachine>(&json) {
                 Ok(machine) => {
-                    self.chargers.insert(
-                        key,
-                        ChargerSlot {
-                            meta,
-                            machine,
-                            last_wall_ms: now,
-                            unsaved: false,
-                            must_save: false,
-                            saved_wall_ms: now,
-                        },
-                    );
+                    self.chargers
+                        .insert(ChargerSlot::new(key, meta, machine, now, false));
                     resumed += 1;
                 }
                 Err(e) => {
@@ -274,7 +422,8 @@ impl Processor {
         }
         let chargers = self
             .chargers
-            .values()
+            .slots
+            .iter()
             .map(|s| s.machine.live(&s.meta))
             .collect();
         let zones = self
@@ -421,9 +570,9 @@ impl Processor {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        for (key, slot) in self.chargers.iter_mut().filter(|(_, s)| s.unsaved) {
+        for slot in self.chargers.slots.iter_mut().filter(|s| s.unsaved) {
             let json = serde_json::to_string(&slot.machine)?;
-            store::save_charger_state(&tx, &key.site, &key.charger, &json)?;
+            store::save_charger_state(&tx, &slot.key.site, &slot.key.charger, &json)?;
             slot.unsaved = false;
         }
         tx.commit()?;
@@ -440,7 +589,9 @@ impl Processor {
 
     fn process(&mut self, batch: &mut [Inbound], tick: bool) -> Result<(), StoreError> {
         let now_wall = crate::util::time::now_ms();
-        let mut pending = Pending::default();
+        let mut pending = std::mem::take(&mut self.scratch);
+        pending.clear();
+        pending.messages = batch.len();
         for m in batch.iter() {
             self.handle(m, &mut pending);
         }
@@ -451,7 +602,10 @@ impl Processor {
         if let Some(rx) = &self.extra_points {
             pending.points.extend(rx.try_iter().take(10_000));
         }
-        self.commit(&mut pending, now_wall)?;
+        let committed = self.commit(&mut pending, now_wall);
+        pending.clear();
+        self.scratch = pending;
+        committed?;
         if let Some(mqtt) = &self.mqtt {
             for m in batch.iter() {
                 if let Some(ack) = &m.ack {
@@ -459,10 +613,11 @@ impl Processor {
                 }
             }
         }
-        let latency = metrics::histogram!("evlounge_processing_latency_seconds");
         let now = crate::util::time::now_ms();
         for m in batch.iter() {
-            latency.record((now - m.recv_ms).max(0) as f64 / 1000.0);
+            self.meters
+                .latency
+                .record((now - m.recv_ms).max(0) as f64 / 1000.0);
         }
         Ok(())
     }
@@ -497,15 +652,14 @@ impl Processor {
             self.reject(m, "evlounge", &DecodeError::Oversized(m.payload.len()));
             return;
         }
-        let prefix = self.cfg.mqtt.prefix.clone();
-        let inputs: Vec<Input> = match decode::route(&prefix, &m.topic) {
+        let cfg = self.cfg.clone();
+        let inputs: Vec<Input> = match decode::route(&cfg.mqtt.prefix, &m.topic) {
             Some(Route::Telemetry { site, charger }) => {
-                metrics::counter!("evlounge_mqtt_messages_total", "kind" => "telemetry")
-                    .increment(1);
+                self.meters.telemetry.increment(1);
                 match decode::telemetry(&m.payload, m.recv_ms) {
                     Ok(d) => {
                         if d.clock_skew {
-                            metrics::counter!("evlounge_clock_skew_total").increment(1);
+                            self.meters.clock_skew.increment(1);
                         }
                         vec![Input::Telemetry {
                             key: ChargerKey {
@@ -522,8 +676,7 @@ impl Processor {
                 }
             }
             Some(Route::Availability { site, charger }) => {
-                metrics::counter!("evlounge_mqtt_messages_total", "kind" => "availability")
-                    .increment(1);
+                self.meters.availability.increment(1);
                 match decode::availability(&m.payload) {
                     Ok(online) => vec![Input::Availability {
                         key: ChargerKey {
@@ -540,11 +693,11 @@ impl Processor {
                 }
             }
             Some(Route::Lounge { site, zone, sensor }) => {
-                metrics::counter!("evlounge_mqtt_messages_total", "kind" => "lounge").increment(1);
+                self.meters.lounge.increment(1);
                 match decode::lounge(&m.payload, m.recv_ms) {
                     Ok(d) => {
                         if d.clock_skew {
-                            metrics::counter!("evlounge_clock_skew_total").increment(1);
+                            self.meters.clock_skew.increment(1);
                         }
                         vec![Input::Lounge {
                             key: ZoneKey {
@@ -562,8 +715,7 @@ impl Processor {
                 }
             }
             Some(Route::FrontdeskLink { site }) => {
-                metrics::counter!("evlounge_mqtt_messages_total", "kind" => "frontdesk")
-                    .increment(1);
+                self.meters.frontdesk.increment(1);
                 p.frontdesk.push((site.to_string(), m.payload.to_vec()));
                 return;
             }
@@ -598,44 +750,43 @@ impl Processor {
         None
     }
 
-    fn charger_slot(&mut self, key: &ChargerKey, now_wall: i64) -> &mut ChargerSlot {
-        if !self.chargers.contains_key(key) {
-            let meta = self.charger_meta(key);
-            tracing::info!(site = %key.site, charger = %key.charger, "unknown charger seen; auto-registered");
-            metrics::counter!("evlounge_auto_registered_total", "kind" => "charger").increment(1);
-            self.chargers.insert(
-                key.clone(),
-                ChargerSlot {
-                    machine: ChargerMachine::new(&meta),
-                    meta,
-                    last_wall_ms: now_wall,
-                    unsaved: true,
-                    must_save: true,
-                    saved_wall_ms: now_wall,
-                },
-            );
+    /// A charger's plain telemetry reaches the live view when this long has passed since
+    /// its last live update: three quarters of the interval, so a charger reporting once
+    /// per interval (1 Hz, the common case) is shown message by message, never held back
+    /// for the tick by a few ms of jitter; faster ones are coalesced.
+    fn live_due_ms(&self) -> i64 {
+        self.live_every_ms * 3 / 4
+    }
+
+    /// The index of the charger's slot, registered on first sight.
+    fn charger_slot(&mut self, key: ChargerKey, now_wall: i64) -> usize {
+        if let Some(i) = self.chargers.find(&key) {
+            return i;
         }
-        // Just inserted above when missing.
-        self.chargers.get_mut(key).expect("charger slot present")
+        let meta = self.charger_meta(&key);
+        tracing::info!(site = %key.site, charger = %key.charger, "unknown charger seen; auto-registered");
+        metrics::counter!("evlounge_auto_registered_total", "kind" => "charger").increment(1);
+        let machine = ChargerMachine::new(&meta);
+        self.chargers
+            .insert(ChargerSlot::new(key, meta, machine, now_wall, true))
     }
 
     fn apply(&mut self, input: Input, recv_ms: i64, p: &mut Pending) {
         match input {
             Input::Telemetry { key, t } => {
-                let slot = self.charger_slot(&key, recv_ms);
-                let before = open_session(slot);
+                let i = self.charger_slot(key, recv_ms);
+                let slot = &mut self.chargers.slots[i];
                 let step = slot.machine.step(&slot.meta, ChargerInput::Telemetry(&t));
                 if !step.applied {
-                    metrics::counter!("evlounge_ignored_total", "reason" => "out_of_order")
-                        .increment(1);
+                    self.meters.out_of_order.increment(1);
                     return;
                 }
                 slot.last_wall_ms = recv_ms;
                 let status = t.status.map(|s| s.as_str()).unwrap_or("unknown");
                 p.points.push(
-                    Point::new("charger", t.ts)
-                        .tag("site", key.site.clone())
-                        .tag("charger", key.charger.clone())
+                    Point::with_capacity("charger", t.ts, 3, 7)
+                        .tag("site", slot.key.site.clone())
+                        .tag("charger", slot.key.charger.clone())
                         .tag("status", status)
                         .field("power_kw", t.power_kw)
                         .field("meter_kwh", t.meter_kwh)
@@ -645,14 +796,12 @@ impl Processor {
                         .field("current_a", t.current_a)
                         .field("temperature_c", t.temperature_c),
                 );
-                let after = open_session(slot);
                 slot.unsaved = true;
-                slot.must_save |= !step.effects.is_empty() || before != after;
-                collect(step.effects, &[before, after], p);
-                p.dirty_chargers.push(key);
+                settle(slot, i, step.effects, p);
             }
             Input::Availability { key, online, ts } => {
-                let slot = self.charger_slot(&key, recv_ms);
+                let i = self.charger_slot(key, recv_ms);
+                let slot = &mut self.chargers.slots[i];
                 // Availability carries no time of its own (`ts` is the receive time): place
                 // it on this charger's message clock, advanced by the wall time since its
                 // last message, so a replayed or simulated stream is not thrown into the
@@ -664,7 +813,6 @@ impl Processor {
                     None if online => return,
                     _ => ts,
                 };
-                let before = open_session(slot);
                 let step = slot
                     .machine
                     .step(&slot.meta, ChargerInput::Availability { online, ts });
@@ -674,8 +822,8 @@ impl Processor {
                 slot.last_wall_ms = recv_ms;
                 slot.unsaved = true;
                 slot.must_save = true;
-                collect(step.effects, &[before], p);
-                p.dirty_chargers.push(key);
+                slot.live_now = true;
+                settle(slot, i, step.effects, p);
             }
             Input::Lounge { key, sensor, r } => {
                 if !self.zones.contains_key(&key) {
@@ -696,8 +844,7 @@ impl Processor {
                 };
                 let step = slot.machine.step(&slot.meta, &sensor, &r);
                 if !step.applied {
-                    metrics::counter!("evlounge_ignored_total", "reason" => "out_of_order")
-                        .increment(1);
+                    self.meters.out_of_order.increment(1);
                     return;
                 }
                 let live = slot.machine.live(&slot.meta);
@@ -722,27 +869,28 @@ impl Processor {
         }
     }
 
-    /// Advances every charger's clock by the wall time since its last message.
+    /// Advances every charger's clock by the wall time since its last message, and lists
+    /// chargers whose coalesced live update is due.
     fn tick(&mut self, now_wall: i64, p: &mut Pending) {
-        for (key, slot) in self.chargers.iter_mut() {
+        let live_due = self.live_due_ms();
+        for (i, slot) in self.chargers.slots.iter_mut().enumerate() {
             let Some(last_ts) = slot.machine.last_ts() else {
                 continue;
             };
             let now = last_ts + (now_wall - slot.last_wall_ms).max(0);
-            let before = open_session(slot);
             let step = slot.machine.step(&slot.meta, ChargerInput::Tick { now });
             if !step.effects.is_empty() {
                 slot.unsaved = true;
                 slot.must_save = true;
-                collect(step.effects, &[before], p);
-                p.dirty_chargers.push(key.clone());
+                settle(slot, i, step.effects, p);
+            } else if slot.live_pending && !slot.dirty && now_wall - slot.live_wall_ms >= live_due {
+                slot.dirty = true;
+                p.dirty_chargers.push(i);
             }
         }
     }
 
     fn commit(&mut self, p: &mut Pending, now_wall: i64) -> Result<(), StoreError> {
-        p.dirty_chargers.sort();
-        p.dirty_chargers.dedup();
         p.dirty_zones.sort();
         p.dirty_zones.dedup();
         if p.sessions.is_empty()
@@ -790,13 +938,18 @@ impl Processor {
             }
         }
         let mut saved = Vec::new();
-        for key in &p.dirty_chargers {
-            if let Some(slot) = self.chargers.get(key) {
-                if slot.must_save || now_wall - slot.saved_wall_ms >= SNAPSHOT_EVERY_MS {
-                    let json = serde_json::to_string(&slot.machine)?;
-                    store::save_charger_state(&tx, &key.site, &key.charger, &json)?;
-                    saved.push(key);
-                }
+        let mut periodic = 0usize;
+        let budget = snapshots_per_batch(p.messages);
+        for &i in &p.dirty_chargers {
+            let slot = &self.chargers.slots[i];
+            let due = slot.unsaved
+                && (slot.must_save
+                    || (now_wall - slot.saved_wall_ms >= SNAPSHOT_EVERY_MS && periodic < budget));
+            if due {
+                periodic += usize::from(!slot.must_save);
+                let json = serde_json::to_string(&slot.machine)?;
+                store::save_charger_state(&tx, &slot.key.site, &slot.key.charger, &json)?;
+                saved.push(i);
             }
         }
         for key in &p.dirty_zones {
@@ -811,16 +964,21 @@ impl Processor {
         if let Some(sink) = self.sink.as_mut() {
             if !p.points.is_empty() {
                 sink.append(&p.points)?;
+            }
+        }
+        let syncing = Instant::now();
+        if let Some(sink) = self.sink.as_mut() {
+            if !p.points.is_empty() {
                 sink.sync()?;
             }
         }
         tx.commit()?;
-        for key in saved {
-            if let Some(slot) = self.chargers.get_mut(key) {
-                slot.unsaved = false;
-                slot.must_save = false;
-                slot.saved_wall_ms = now_wall;
-            }
+        self.meters.sync.record(syncing.elapsed().as_secs_f64());
+        for i in saved {
+            let slot = &mut self.chargers.slots[i];
+            slot.unsaved = false;
+            slot.must_save = false;
+            slot.saved_wall_ms = now_wall;
         }
         if let Some(h) = self.hook.as_mut() {
             h.after_commit();
@@ -841,14 +999,28 @@ impl Processor {
                     seq: *seq,
                     topic: format!("{prefix}/{}/events/{}", e.site, e.kind.as_str()),
                     payload,
+                    committed: Instant::now(),
                 });
             }
         }
-        let chargers = p
-            .dirty_chargers
-            .iter()
-            .filter_map(|k| self.chargers.get(k).map(|s| s.machine.live(&s.meta)))
-            .collect();
+        // Chargers whose change decides something are shown at once; plain telemetry at most
+        // once per `live_every_ms` per charger (the tick shows what was held back).
+        let mut shown = Vec::new();
+        let mut chargers = Vec::new();
+        let live_due = self.live_due_ms();
+        for &i in &p.dirty_chargers {
+            let slot = &mut self.chargers.slots[i];
+            slot.dirty = false;
+            if slot.live_now || now_wall - slot.live_wall_ms >= live_due {
+                slot.live_now = false;
+                slot.live_pending = false;
+                slot.live_wall_ms = now_wall;
+                chargers.push(slot.machine.live(&slot.meta));
+                shown.push(i);
+            } else {
+                slot.live_pending = true;
+            }
+        }
         let zones = p
             .dirty_zones
             .iter()
@@ -857,7 +1029,8 @@ impl Processor {
         // The live view first: the publisher renders retained state from it.
         self.live.update(chargers, zones);
         if let Some(out) = &self.out {
-            for key in &p.dirty_chargers {
+            for i in shown {
+                let key = &self.chargers.slots[i].key;
                 let _ = out.try_send(OutMsg::State {
                     topic: format!("{prefix}/{}/state/charger/{}", key.site, key.charger),
                     key: StateKey::Charger(key.site.clone(), key.charger.clone()),
@@ -874,11 +1047,20 @@ impl Processor {
     }
 }
 
-/// The open session's (session_id, session_key), to tie events to their session.
-fn open_session(slot: &ChargerSlot) -> Option<(String, String)> {
-    slot.machine
-        .open_session_ids()
-        .map(|(id, key)| (id.to_string(), key.to_string()))
+/// After a charger's step: notes what changed, collects its effects (events tied to their
+/// session through the ids before and after the step), lists the charger as dirty.
+fn settle(slot: &mut ChargerSlot, i: usize, effects: Vec<Effect>, p: &mut Pending) {
+    let moved = slot.observe();
+    if moved.is_some() || !effects.is_empty() {
+        slot.must_save = true;
+        slot.live_now = true;
+        let before = moved.unwrap_or_else(|| slot.open.clone());
+        collect(effects, &[before, slot.open.clone()], p);
+    }
+    if !slot.dirty {
+        slot.dirty = true;
+        p.dirty_chargers.push(i);
+    }
 }
 
 fn collect(effects: Vec<Effect>, known: &[Option<(String, String)>], p: &mut Pending) {

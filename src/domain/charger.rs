@@ -294,6 +294,12 @@ impl ChargerMachine {
         self.last_telemetry_ts.max(self.last_availability_ts)
     }
 
+    /// Status and online flag: what a glance at the charger shows, without building the
+    /// live view.
+    pub fn status_online(&self) -> (Option<ChargerStatus>, bool) {
+        (self.status, self.online)
+    }
+
     /// The open session's (session_id, session_key), without building the live view.
     pub fn open_session_ids(&self) -> Option<(&str, &str)> {
         self.session

@@ -69,4 +69,16 @@ fn describe() {
         "Receive to commit, per message"
     );
     describe_histogram!("evlounge_batch_seconds", "Commit thread time per batch");
+    describe_histogram!(
+        "evlounge_commit_sync_seconds",
+        "Per batch: the spool's fdatasync and the store's COMMIT (its WAL fsync)"
+    );
+    describe_histogram!(
+        "evlounge_checkpoint_seconds",
+        "SQLite WAL checkpoint time (checkpointer thread)"
+    );
+    describe_histogram!(
+        "evlounge_event_publish_seconds",
+        "Event committed to handed to the MQTT client"
+    );
 }

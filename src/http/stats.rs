@@ -323,7 +323,7 @@ impl LoungeRing {
 /// Feeds the ring from lounge state changes and samples every zone once a minute. Holds the
 /// live view weakly and ends with it (its broadcast closes).
 async fn sample_lounge(live: Weak<Live>, ring: Arc<LoungeRing>) {
-    let Some(mut rx) = live.upgrade().map(|l| l.tx.subscribe()) else {
+    let Some(mut rx) = live.upgrade().map(|l| l.zones_tx.subscribe()) else {
         return;
     };
     let sample_all = |ring: &LoungeRing| -> bool {
@@ -341,18 +341,7 @@ async fn sample_lounge(live: Weak<Live>, ring: Arc<LoungeRing>) {
     loop {
         tokio::select! {
             r = rx.recv() => match r {
-                Ok(item) if item.kind == "lounge_state" => {
-                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&item.data) {
-                        let site = v["site"].as_str().unwrap_or_default();
-                        let zone = v["zone"].as_str().unwrap_or_default();
-                        let occ = v["occupancy"].as_u64().and_then(|o| u32::try_from(o).ok());
-                        let cap = v["capacity"].as_u64().and_then(|o| u32::try_from(o).ok());
-                        if let Some(occ) = occ {
-                            ring.record(site, zone, cap, occ, now_ms());
-                        }
-                    }
-                }
-                Ok(_) => {}
+                Ok(z) => ring.record(&z.site, &z.zone, z.capacity, z.occupancy, now_ms()),
                 Err(RecvError::Lagged(_)) => {
                     if !sample_all(&ring) {
                         return;

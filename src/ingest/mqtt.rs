@@ -187,6 +187,7 @@ impl Ingest {
         let mut outage_since: Option<Instant> = None;
         let mut connected_at: Option<Instant> = None;
         let client = self.handle.client.clone();
+        let depth = metrics::gauge!("evlounge_ingest_queue_depth");
         loop {
             let ev = tokio::select! {
                 biased;
@@ -255,7 +256,7 @@ impl Ingest {
                         recv_ms: crate::util::time::now_ms(),
                         ack,
                     };
-                    metrics::gauge!("evlounge_ingest_queue_depth").set(tx.len() as f64);
+                    depth.set(tx.len() as f64);
                     let sent = tokio::select! {
                         biased;
                         _ = stop.changed() => break,

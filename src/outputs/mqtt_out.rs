@@ -30,6 +30,8 @@ pub struct MqttOut {
 
 struct StateSlot {
     pending: Option<StateKey>,
+    /// What this topic shows (republished after a reconnect).
+    shown: Option<StateKey>,
     last_sent: Option<Instant>,
 }
 
@@ -47,6 +49,11 @@ impl MqttOut {
         let mut published: BTreeSet<i64> = BTreeSet::new();
         let mut seen_connacks = 0u64;
         let mut states: HashMap<String, StateSlot> = HashMap::new();
+        let mut state_connacks = self
+            .handle
+            .state
+            .connacks
+            .load(std::sync::atomic::Ordering::Acquire);
         let mut sweep = tokio::time::interval(Duration::from_secs(2));
         let mut flush = tokio::time::interval(Duration::from_millis(100));
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -66,6 +73,18 @@ impl MqttOut {
                 }
                 _ = flush.tick() => {
                     if *connected.borrow_and_update() {
+                        // A new connection: retained state goes out at QoS 0, so what was
+                        // in flight when the last one dropped may be lost; send it all again.
+                        let connacks = self.handle.state.connacks.load(std::sync::atomic::Ordering::Acquire);
+                        if connacks != state_connacks {
+                            state_connacks = connacks;
+                            for slot in states.values_mut() {
+                                if slot.pending.is_none() {
+                                    slot.pending = slot.shown.clone();
+                                }
+                                slot.last_sent = None;
+                            }
+                        }
                         self.flush_states(&mut states, false).await;
                     }
                 }
@@ -93,18 +112,22 @@ impl MqttOut {
                 seq,
                 topic,
                 payload,
+                committed,
             } => {
                 if published.contains(&seq) || !self.handle.is_connected() {
                     // Not connected: the sweep publishes it after the reconnect.
                     return;
                 }
                 if self.publish(topic, payload.into_bytes(), false).await {
+                    metrics::histogram!("evlounge_event_publish_seconds")
+                        .record(committed.elapsed().as_secs_f64());
                     self.mark(conn, &[seq], published);
                 }
             }
             OutMsg::State { topic, key } => {
                 let slot = states.entry(topic).or_insert(StateSlot {
                     pending: None,
+                    shown: None,
                     last_sent: None,
                 });
                 slot.pending = Some(key);
@@ -272,15 +295,19 @@ impl MqttOut {
                 let Some(payload) = payload else {
                     continue;
                 };
+                // QoS 0: retained state is superseded within seconds, and a QoS 1 stream of
+                // it (one per charger per second) would hold events up behind the in-flight
+                // window. What a dropped connection loses is sent again on the next one.
                 if self
                     .handle
                     .client
-                    .try_publish(topic.clone(), QoS::AtLeastOnce, true, payload.to_string())
+                    .try_publish(topic.clone(), QoS::AtMostOnce, true, payload.to_string())
                     .is_err()
                 {
                     slot.pending = Some(key);
                     return;
                 }
+                slot.shown = Some(key);
                 slot.last_sent = Some(now);
             }
         }

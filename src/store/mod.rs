@@ -83,8 +83,74 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     // commit keeps the fsyncs to one per batch.
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    no_auto_checkpoint(conn)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     Ok(())
+}
+
+/// Checkpoints are the checkpointer's job ([`spawn_checkpointer`]): an automatic one runs
+/// inside whichever COMMIT crosses the threshold, copying pages into the database file and
+/// fsyncing it, and a message waiting behind that commit waits for all of it.
+pub fn no_auto_checkpoint(conn: &Connection) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    // After a checkpoint has reset the log, its file is cut back to this size.
+    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+    Ok(())
+}
+
+/// How often the checkpointer runs; sooner when the log has grown past `CHECKPOINT_PAGES`.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const CHECKPOINT_PAGES: i64 = 4096;
+
+/// Runs WAL checkpoints on their own connection and thread until `stop` is dropped or
+/// signalled, then runs a last one. PASSIVE: never waits for, nor blocks, the writers.
+pub fn spawn_checkpointer(
+    data_dir: &Path,
+    stop: std::sync::mpsc::Receiver<()>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let path = db_path(data_dir);
+    std::thread::Builder::new()
+        .name("checkpoint".into())
+        .spawn(move || {
+            let conn = match Connection::open(&path) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "checkpointer: cannot open the store");
+                    return;
+                }
+            };
+            let mut wait = CHECKPOINT_EVERY;
+            loop {
+                let last = !matches!(
+                    stop.recv_timeout(wait),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                );
+                let started = std::time::Instant::now();
+                match checkpoint(&conn) {
+                    Ok((log, done)) => {
+                        metrics::histogram!("evlounge_checkpoint_seconds")
+                            .record(started.elapsed().as_secs_f64());
+                        // Still far behind: go again soon.
+                        wait = if log - done > CHECKPOINT_PAGES {
+                            std::time::Duration::from_millis(50)
+                        } else {
+                            CHECKPOINT_EVERY
+                        };
+                    }
+                    Err(e) => tracing::warn!(error = %e, "checkpoint failed"),
+                }
+                if last {
+                    break;
+                }
+            }
+        })
+}
+
+/// One PASSIVE checkpoint: (pages in the log, pages checkpointed).
+pub fn checkpoint(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+    })
 }
 
 /// Opens (and migrates) the store for writing.

@@ -212,6 +212,7 @@ fn open_db(path: &Path) -> rusqlite::Result<Connection> {
     c.busy_timeout(Duration::from_secs(5))?;
     c.pragma_update(None, "journal_mode", "WAL")?;
     c.pragma_update(None, "synchronous", "NORMAL")?;
+    crate::store::no_auto_checkpoint(&c)?;
     // Deleted guest contacts are overwritten in the file, not just unlinked from the b-tree.
     c.pragma_update(None, "secure_delete", "ON")?;
     migrate(&c)?;

@@ -21,6 +21,21 @@ impl Point {
         }
     }
 
+    /// A point with room for `tags` tags and `fields` fields (no regrowth on the hot path).
+    pub fn with_capacity(
+        measurement: &'static str,
+        ts_ms: i64,
+        tags: usize,
+        fields: usize,
+    ) -> Self {
+        Point {
+            measurement,
+            tags: Vec::with_capacity(tags),
+            fields: Vec::with_capacity(fields),
+            ts_ms,
+        }
+    }
+
     pub fn tag(mut self, k: &'static str, v: impl Into<String>) -> Self {
         self.tags.push((k, v.into()));
         self
