@@ -38,7 +38,13 @@ struct StateSlot {
 impl MqttOut {
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         // A mutex only so the future is Send; it is never held across an await.
-        let conn = match store::open_writer(&self.data_dir) {
+        // NORMAL, not FULL: a "published" mark lost to a power cut only means the event is
+        // published once more (same event_id), and without an fsync per mark this
+        // connection holds the write lock for microseconds, not a disk flush, while the
+        // commit thread waits for it.
+        let conn = match store::open_writer(&self.data_dir)
+            .and_then(|c| Ok(c.pragma_update(None, "synchronous", "NORMAL").map(|_| c)?))
+        {
             Ok(c) => std::sync::Mutex::new(c),
             Err(e) => {
                 tracing::error!(error = %e, "mqtt out: cannot open the store; events stay unpublished");

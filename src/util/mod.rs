@@ -1,3 +1,4 @@
 pub mod backoff;
+pub mod mem;
 pub mod secret;
 pub mod time;

@@ -209,7 +209,7 @@ fn open_db(path: &Path) -> rusqlite::Result<Connection> {
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
     )?;
-    c.busy_timeout(Duration::from_secs(5))?;
+    crate::store::wait_briefly_when_busy(&c)?;
     c.pragma_update(None, "journal_mode", "WAL")?;
     c.pragma_update(None, "synchronous", "NORMAL")?;
     crate::store::no_auto_checkpoint(&c)?;
