@@ -22,8 +22,21 @@ pub struct LiveItem {
 
 #[derive(Default, Clone, Debug)]
 pub struct LiveState {
-    pub chargers: BTreeMap<(String, String), LiveCharger>,
+    /// Site, then charger: an update finds its entry by `&str` and overwrites it in place
+    /// (no key allocated per update, as a `(String, String)` key would need).
+    /// Boxed values: B-tree nodes hold eleven entries each, inline, and a node half full of
+    /// half-kilobyte chargers wastes more than the boxes cost.
+    pub chargers: BTreeMap<String, BTreeMap<String, Box<LiveCharger>>>,
     pub zones: BTreeMap<(String, String), LiveZone>,
+}
+
+impl LiveState {
+    /// Every charger, ordered by site and id.
+    pub fn charger_values(&self) -> impl Iterator<Item = &LiveCharger> {
+        self.chargers
+            .values()
+            .flat_map(|m| m.values().map(|c| &**c))
+    }
 }
 
 pub struct Live {
@@ -59,15 +72,16 @@ impl Live {
     }
 
     pub fn chargers(&self) -> Vec<LiveCharger> {
-        self.state.read().chargers.values().cloned().collect()
+        self.state.read().charger_values().cloned().collect()
     }
 
     pub fn charger(&self, site: &str, charger: &str) -> Option<LiveCharger> {
         self.state
             .read()
             .chargers
-            .get(&(site.to_string(), charger.to_string()))
-            .cloned()
+            .get(site)
+            .and_then(|m| m.get(charger))
+            .map(|c| (**c).clone())
     }
 
     pub fn zone(&self, site: &str, zone: &str) -> Option<LiveZone> {
@@ -101,7 +115,19 @@ impl Live {
                         });
                     }
                 }
-                st.chargers.insert((c.site.clone(), c.charger.clone()), c);
+                match st
+                    .chargers
+                    .get_mut(c.site.as_str())
+                    .and_then(|m| m.get_mut(c.charger.as_str()))
+                {
+                    Some(slot) => **slot = c,
+                    None => {
+                        st.chargers
+                            .entry(c.site.clone())
+                            .or_default()
+                            .insert(c.charger.clone(), Box::new(c));
+                    }
+                }
             }
             for z in zones {
                 if zone_listeners {
@@ -171,7 +197,7 @@ pub fn charger_json(c: &LiveCharger) -> serde_json::Value {
         "eta_s": c.eta_s.map(f64::round),
         "vehicle": c.vehicle,
         "ts": c.last_ts.map(crate::util::time::rfc3339_ms),
-        "session": c.session.as_ref().map(session_json),
+        "session": c.session.as_deref().map(session_json),
     })
 }
 

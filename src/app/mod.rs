@@ -76,6 +76,9 @@ pub async fn run_with(
     }
     let cfg = Arc::new(cfg);
     let metrics = http::metrics::handle();
+    // Ends with `run_with` (the sender is dropped when it returns).
+    let (_upkeep_stop, upkeep_rx) = watch::channel(false);
+    tokio::spawn(http::metrics::upkeep(metrics.clone(), upkeep_rx));
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("data_dir {}", cfg.data_dir.display()))?;
     let client_id = match &cfg.mqtt.client_id {
@@ -83,10 +86,10 @@ pub async fn run_with(
         None => client_id(&cfg.data_dir)?,
     };
     let conn = crate::store::open(&cfg.data_dir).context("opening the store")?;
-    // Dropping the sender (at the end of `run_with`, however it ends) stops it after a
-    // last checkpoint.
-    let (_checkpoint_stop, checkpoint_rx) = std::sync::mpsc::channel::<()>();
-    crate::store::spawn_checkpointer(&cfg.data_dir, checkpoint_rx)
+    // Stopped (after a last checkpoint) once the commit thread is done; dropping the sender
+    // on an early return stops it too.
+    let (checkpoint_stop, checkpoint_rx) = std::sync::mpsc::channel::<()>();
+    let checkpointer = crate::store::spawn_checkpointer(&cfg.data_dir, checkpoint_rx)
         .context("spawning the checkpointer")?;
     let live = Arc::new(Live::new());
 
@@ -231,6 +234,8 @@ pub async fn run_with(
     if !commit_ok {
         tracing::error!("commit thread ended abnormally");
     }
+    drop(checkpoint_stop);
+    let _ = tokio::task::spawn_blocking(move || checkpointer.join()).await;
     let _ = out_stop_tx.send(true);
     finish_within("mqtt out", Duration::from_secs(5), out_task).await;
     // The notification worker finishes the attempt in flight; the rest stays in the outbox.

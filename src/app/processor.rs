@@ -171,18 +171,21 @@ impl ChargerSlot {
 #[derive(Default)]
 struct Chargers {
     index: FxHashMap<ChargerKey, usize>,
-    slots: Vec<ChargerSlot>,
+    /// Boxed: a slot is over a kilobyte, and a `Vec` of them inline would hold up to twice
+    /// the chargers' memory in spare capacity after growing (and copy it all to grow).
+    #[allow(clippy::vec_box)] // deliberate, see above
+    slots: Vec<Box<ChargerSlot>>,
 }
 
 impl Chargers {
     fn insert(&mut self, slot: ChargerSlot) -> usize {
         if let Some(&i) = self.index.get(&slot.key) {
-            self.slots[i] = slot;
+            *self.slots[i] = slot;
             return i;
         }
         let i = self.slots.len();
         self.index.insert(slot.key.clone(), i);
-        self.slots.push(slot);
+        self.slots.push(Box::new(slot));
         i
     }
 
@@ -268,6 +271,11 @@ pub struct Processor {
     extra_points: Option<flume::Receiver<Point>>,
     /// The batch's pending effects, reused across batches.
     scratch: Pending,
+    /// The last batch's fdatasync + COMMIT time.
+    last_sync: Duration,
+    /// Chargers with telemetry held back from the live view, oldest first (entries whose
+    /// charger was shown since are skipped).
+    live_queue: std::collections::VecDeque<usize>,
 }
 
 /// What one batch produced before commit.
@@ -328,6 +336,8 @@ impl Processor {
             last_tick: Instant::now(),
             extra_points: None,
             scratch: Pending::default(),
+            last_sync: Duration::ZERO,
+            live_queue: std::collections::VecDeque::new(),
         };
         p.register_configured();
         p.resume()?;
@@ -582,6 +592,7 @@ impl Processor {
     /// After a failed commit the in-memory machines are ahead of the store: reload them.
     fn reload(&mut self) -> Result<(), StoreError> {
         self.chargers.clear();
+        self.live_queue.clear();
         self.zones.clear();
         self.register_configured();
         self.resume()
@@ -589,23 +600,44 @@ impl Processor {
 
     fn process(&mut self, batch: &mut [Inbound], tick: bool) -> Result<(), StoreError> {
         let now_wall = crate::util::time::now_ms();
+        let started = Instant::now();
         let mut pending = std::mem::take(&mut self.scratch);
         pending.clear();
         pending.messages = batch.len();
         for m in batch.iter() {
             self.handle(m, &mut pending);
         }
+        let decided = started.elapsed();
         if tick {
             self.last_tick = Instant::now();
             self.tick(now_wall, &mut pending);
         }
+        self.release_held_back(now_wall, batch.len(), &mut pending);
+        let ticked = started.elapsed();
         if let Some(rx) = &self.extra_points {
             pending.points.extend(rx.try_iter().take(10_000));
         }
         let committed = self.commit(&mut pending, now_wall);
+        let dirty = pending.dirty_chargers.len();
+        let points = pending.points.len();
         pending.clear();
         self.scratch = pending;
         committed?;
+        let total = started.elapsed();
+        if total >= Duration::from_millis(10) {
+            let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+            tracing::debug!(
+                messages = batch.len(),
+                dirty,
+                points,
+                tick,
+                decide_ms = ms(decided),
+                tick_ms = ms(ticked - decided),
+                sync_ms = ms(self.last_sync),
+                total_ms = ms(total),
+                "slow batch"
+            );
+        }
         if let Some(mqtt) = &self.mqtt {
             for m in batch.iter() {
                 if let Some(ack) = &m.ack {
@@ -869,10 +901,40 @@ impl Processor {
         }
     }
 
-    /// Advances every charger's clock by the wall time since its last message, and lists
-    /// chargers whose coalesced live update is due.
+    /// Shows held-back telemetry whose interval has passed, oldest first, a bounded number
+    /// per batch (so thousands coming due together spread over a few batches instead of
+    /// stalling one).
+    fn release_held_back(&mut self, now_wall: i64, messages: usize, p: &mut Pending) {
+        let due = self.live_due_ms();
+        let mut budget = 256 + messages;
+        while budget > 0 {
+            let Some(&i) = self.live_queue.front() else {
+                break;
+            };
+            let Some(slot) = self.chargers.slots.get_mut(i) else {
+                self.live_queue.pop_front();
+                continue;
+            };
+            if !slot.live_pending {
+                // Shown by a later message meanwhile.
+                self.live_queue.pop_front();
+                continue;
+            }
+            if now_wall - slot.live_wall_ms < due {
+                break;
+            }
+            self.live_queue.pop_front();
+            budget -= 1;
+            slot.live_now = true;
+            if !slot.dirty {
+                slot.dirty = true;
+                p.dirty_chargers.push(i);
+            }
+        }
+    }
+
+    /// Advances every charger's clock by the wall time since its last message.
     fn tick(&mut self, now_wall: i64, p: &mut Pending) {
-        let live_due = self.live_due_ms();
         for (i, slot) in self.chargers.slots.iter_mut().enumerate() {
             let Some(last_ts) = slot.machine.last_ts() else {
                 continue;
@@ -883,9 +945,6 @@ impl Processor {
                 slot.unsaved = true;
                 slot.must_save = true;
                 settle(slot, i, step.effects, p);
-            } else if slot.live_pending && !slot.dirty && now_wall - slot.live_wall_ms >= live_due {
-                slot.dirty = true;
-                p.dirty_chargers.push(i);
             }
         }
     }
@@ -973,7 +1032,8 @@ impl Processor {
             }
         }
         tx.commit()?;
-        self.meters.sync.record(syncing.elapsed().as_secs_f64());
+        self.last_sync = syncing.elapsed();
+        self.meters.sync.record(self.last_sync.as_secs_f64());
         for i in saved {
             let slot = &mut self.chargers.slots[i];
             slot.unsaved = false;
@@ -1017,8 +1077,9 @@ impl Processor {
                 slot.live_wall_ms = now_wall;
                 chargers.push(slot.machine.live(&slot.meta));
                 shown.push(i);
-            } else {
+            } else if !slot.live_pending {
                 slot.live_pending = true;
+                self.live_queue.push_back(i);
             }
         }
         let zones = p

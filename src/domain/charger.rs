@@ -74,7 +74,8 @@ pub struct LiveCharger {
     pub eta_s: Option<f64>,
     pub vehicle: Option<String>,
     pub last_ts: Option<TsMs>,
-    pub session: Option<SessionRecord>,
+    /// Boxed: absent on idle chargers, which then take 300 bytes less in the live view.
+    pub session: Option<Box<SessionRecord>>,
     /// Current fault's error code, while `faulted`.
     pub error_code: Option<String>,
 }
@@ -178,7 +179,9 @@ pub struct ChargerMachine {
     error_code: Option<String>,
     /// Counters for events outside a session (session_key "").
     seqs: Seqs,
-    session: Option<Session>,
+    /// Boxed: most chargers are idle most of the time, and an inline session would make
+    /// every idle charger's state half a kilobyte larger (same JSON either way).
+    session: Option<Box<Session>>,
 }
 
 /// What one step accumulates.
@@ -265,7 +268,7 @@ impl ChargerMachine {
         let session = self.session.as_ref().map(|s| {
             let mut s = s.clone();
             s.refresh_record(self.clock.unwrap_or(s.last_ts).max(s.last_ts));
-            s.record
+            Box::new(s.record)
         });
         LiveCharger {
             site: meta.site.clone(),
@@ -478,7 +481,7 @@ impl ChargerMachine {
             time_to_complete_s: None,
             idle_s: None,
         };
-        self.session = Some(Session {
+        self.session = Some(Box::new(Session {
             record,
             charger_session_id: t.session_id.clone(),
             seqs: Seqs::default(),
@@ -499,7 +502,7 @@ impl ChargerMachine {
             idle_next: None,
             kwh_per_pct: KwhPerPct::default(),
             last_ts: t.ts,
-        });
+        }));
         out.session_dirty = true;
     }
 

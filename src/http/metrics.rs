@@ -30,6 +30,20 @@ pub fn handle() -> PrometheusHandle {
         .clone()
 }
 
+/// Histogram samples wait in the recorder until a render drains them into their buckets;
+/// nothing else bounds them. Without a scraper (Prometheus not configured, or away) they
+/// would pile up by one per message, so they are drained here every few seconds too.
+pub async fn upkeep(handle: PrometheusHandle, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = every.tick() => drop(handle.render()),
+        }
+    }
+}
+
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!(

@@ -232,7 +232,7 @@ impl EventStream {
 
     fn push_snapshot(&mut self) {
         let snap = self.live.snapshot();
-        for c in snap.chargers.values() {
+        for c in snap.charger_values() {
             if !self.filter.matches_ids(&c.site, Some(&c.charger)) {
                 continue;
             }
