@@ -304,9 +304,12 @@ async fn probe(port: u16) -> Option<Vec<Got>> {
     got
 }
 
+/// The charger's retained state in a probe. Only retained copies count: a state the daemon
+/// publishes while the probe subscribes also reaches it, live (retain flag clear).
 fn state_of<'a>(got: &'a [Got], charger: &str) -> Option<&'a Got> {
-    got.iter()
-        .find(|(t, _, _, _)| t == &format!("evlounge/milano/state/charger/{charger}"))
+    got.iter().find(|(t, _, retained, _)| {
+        *retained && t == &format!("evlounge/milano/state/charger/{charger}")
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

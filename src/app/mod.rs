@@ -89,8 +89,10 @@ pub async fn run_with(
     // Stopped (after a last checkpoint) once the commit thread is done; dropping the sender
     // on an early return stops it too.
     let (checkpoint_stop, checkpoint_rx) = std::sync::mpsc::channel::<()>();
-    let checkpointer = crate::store::spawn_checkpointer(&cfg.data_dir, checkpoint_rx)
-        .context("spawning the checkpointer")?;
+    let wal_watch = crate::store::WalWatch::default();
+    let checkpointer =
+        crate::store::spawn_checkpointer_watching(&cfg.data_dir, checkpoint_rx, wal_watch.clone())
+            .context("starting the checkpointer")?;
     let live = Arc::new(Live::new());
 
     let sources = crate::ingest::sources::build(&cfg.sources);
@@ -131,6 +133,7 @@ pub async fn run_with(
 
     let mut processor = Processor::new(cfg.clone(), conn, live.clone(), sources)
         .context("loading state")?
+        .with_wal_watch(wal_watch)
         .with_mqtt(handle.clone(), out_tx)
         .with_hook(Box::new(hook));
     let mut sink_task = None;

@@ -199,6 +199,23 @@ impl Chargers {
     }
 }
 
+/// Wall-clock ms from `then` to `now`; a clock stepped backwards counts as long ago, so
+/// nothing waits for it to catch up.
+fn since(now: i64, then: i64) -> i64 {
+    if now < then {
+        i64::MAX
+    } else {
+        now - then
+    }
+}
+
+/// A plain-telemetry snapshot is due after `SNAPSHOT_EVERY_MS`, within the batch's budget;
+/// one twice that old is saved whatever the budget (bounding what a crash rewinds).
+fn overdue_snapshot(now: i64, saved: i64, within_budget: bool) -> bool {
+    let age = since(now, saved);
+    (age >= SNAPSHOT_EVERY_MS && within_budget) || age >= 2 * SNAPSHOT_EVERY_MS
+}
+
 fn owned_ids(ids: Option<(&str, &str)>) -> Option<(String, String)> {
     ids.map(|(a, b)| (a.to_string(), b.to_string()))
 }
@@ -206,7 +223,8 @@ fn owned_ids(ids: Option<(&str, &str)>) -> Option<(String, String)> {
 /// Periodic (plain telemetry) snapshots saved per batch at most: a few, plus one per four
 /// messages. When thousands of chargers come due together (they were first heard within
 /// the same second) the saves spread over the following batches instead of stalling one;
-/// at one message per charger per second this still saves each one every ~10 s.
+/// at one message per charger per second this still saves each one every ~10 s, and one
+/// skipped until its snapshot is twice that old is saved regardless.
 fn snapshots_per_batch(messages: usize) -> usize {
     16 + messages / 4
 }
@@ -275,7 +293,9 @@ pub struct Processor {
     last_sync: Duration,
     /// Chargers with telemetry held back from the live view, oldest first (entries whose
     /// charger was shown since are skipped).
-    live_queue: std::collections::VecDeque<usize>,
+    live_queue: std::collections::VecDeque<(usize, i64)>,
+    /// The WAL's size as the checkpointer saw it (see `store::WalWatch`).
+    wal: Option<store::WalWatch>,
 }
 
 /// What one batch produced before commit.
@@ -338,6 +358,7 @@ impl Processor {
             scratch: Pending::default(),
             last_sync: Duration::ZERO,
             live_queue: std::collections::VecDeque::new(),
+            wal: None,
         };
         p.register_configured();
         p.resume()?;
@@ -346,6 +367,11 @@ impl Processor {
 
     pub fn with_sink(mut self, sink: Box<dyn PointSink>) -> Self {
         self.sink = Some(sink);
+        self
+    }
+
+    pub fn with_wal_watch(mut self, wal: store::WalWatch) -> Self {
+        self.wal = Some(wal);
         self
     }
 
@@ -908,19 +934,19 @@ impl Processor {
         let due = self.live_due_ms();
         let mut budget = 256 + messages;
         while budget > 0 {
-            let Some(&i) = self.live_queue.front() else {
+            let Some(&(i, queued_at)) = self.live_queue.front() else {
                 break;
             };
             let Some(slot) = self.chargers.slots.get_mut(i) else {
                 self.live_queue.pop_front();
                 continue;
             };
-            if !slot.live_pending {
-                // Shown by a later message meanwhile.
+            if !slot.live_pending || slot.live_wall_ms != queued_at {
+                // Shown by a later message meanwhile (a newer entry may follow).
                 self.live_queue.pop_front();
                 continue;
             }
-            if now_wall - slot.live_wall_ms < due {
+            if since(now_wall, slot.live_wall_ms) < due {
                 break;
             }
             self.live_queue.pop_front();
@@ -1003,7 +1029,7 @@ impl Processor {
             let slot = &self.chargers.slots[i];
             let due = slot.unsaved
                 && (slot.must_save
-                    || (now_wall - slot.saved_wall_ms >= SNAPSHOT_EVERY_MS && periodic < budget));
+                    || overdue_snapshot(now_wall, slot.saved_wall_ms, periodic < budget));
             if due {
                 periodic += usize::from(!slot.must_save);
                 let json = serde_json::to_string(&slot.machine)?;
@@ -1032,6 +1058,14 @@ impl Processor {
             }
         }
         tx.commit()?;
+        if let Some(wal) = &self.wal {
+            if wal.load(std::sync::atomic::Ordering::Relaxed) > store::WAL_RESET_PAGES {
+                wal.store(0, std::sync::atomic::Ordering::Relaxed);
+                if let Err(e) = store::checkpoint(&self.conn) {
+                    tracing::warn!(error = %e, "checkpoint after commit failed");
+                }
+            }
+        }
         self.last_sync = syncing.elapsed();
         self.meters.sync.record(self.last_sync.as_secs_f64());
         for i in saved {
@@ -1071,7 +1105,7 @@ impl Processor {
         for &i in &p.dirty_chargers {
             let slot = &mut self.chargers.slots[i];
             slot.dirty = false;
-            if slot.live_now || now_wall - slot.live_wall_ms >= live_due {
+            if slot.live_now || since(now_wall, slot.live_wall_ms) >= live_due {
                 slot.live_now = false;
                 slot.live_pending = false;
                 slot.live_wall_ms = now_wall;
@@ -1079,7 +1113,7 @@ impl Processor {
                 shown.push(i);
             } else if !slot.live_pending {
                 slot.live_pending = true;
-                self.live_queue.push_back(i);
+                self.live_queue.push_back((i, slot.live_wall_ms));
             }
         }
         let zones = p
@@ -1172,4 +1206,28 @@ fn session_point(s: &SessionRecord) -> Point {
 
 fn truncate(s: &str, n: usize) -> String {
     s.chars().take(n).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clock_stepped_back_counts_as_long_ago() {
+        assert_eq!(since(1_000, 400), 600);
+        assert_eq!(since(400, 1_000), i64::MAX);
+    }
+
+    #[test]
+    fn snapshots_are_due_within_budget_and_overdue_ones_regardless() {
+        let t = 1_000_000;
+        assert!(!overdue_snapshot(t + SNAPSHOT_EVERY_MS - 1, t, true));
+        assert!(overdue_snapshot(t + SNAPSHOT_EVERY_MS, t, true));
+        assert!(!overdue_snapshot(t + SNAPSHOT_EVERY_MS, t, false));
+        assert!(overdue_snapshot(t + 2 * SNAPSHOT_EVERY_MS, t, false));
+        // Wall clock stepped backwards: save rather than wait for it.
+        assert!(overdue_snapshot(t - 5, t, false));
+        assert!(snapshots_per_batch(0) > 0);
+        assert!(snapshots_per_batch(8192) >= 2048);
+    }
 }

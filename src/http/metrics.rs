@@ -87,6 +87,10 @@ fn describe() {
         "evlounge_commit_sync_seconds",
         "Per batch: the spool's fdatasync and the store's COMMIT (its WAL fsync)"
     );
+    describe_gauge!(
+        "evlounge_wal_pages",
+        "SQLite write-ahead log size in pages at the last checkpoint"
+    );
     describe_histogram!(
         "evlounge_checkpoint_seconds",
         "SQLite WAL checkpoint time (checkpointer thread)"

@@ -5,6 +5,7 @@ pub mod queries;
 pub mod stats;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
@@ -126,19 +127,34 @@ pub fn spawn_checkpointer(
     data_dir: &Path,
     stop: std::sync::mpsc::Receiver<()>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    let path = db_path(data_dir);
+    spawn_checkpointer_watching(data_dir, stop, Arc::default())
+}
+
+/// Pages in the log above which the writer checkpoints once itself (see [`WalWatch`]).
+pub const WAL_RESET_PAGES: i64 = 16_384;
+
+/// The log's size in pages as the checkpointer last saw it. A PASSIVE checkpoint never
+/// resets the log; the next writer does, but only when the log was checkpointed to its end
+/// before it began, which a writer committing every few ms seldom lets happen. So when the
+/// log has grown past [`WAL_RESET_PAGES`], the writer runs one PASSIVE checkpoint right
+/// after its own commit (little is left to copy by then), and its next transaction starts
+/// the log over.
+pub type WalWatch = Arc<std::sync::atomic::AtomicI64>;
+
+/// [`spawn_checkpointer`], reporting the log's size to `pages`.
+pub fn spawn_checkpointer_watching(
+    data_dir: &Path,
+    stop: std::sync::mpsc::Receiver<()>,
+    pages: WalWatch,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    // Opened here, so a checkpointer that cannot start stops the daemon's start (with every
+    // connection's automatic checkpoints off, nothing else would bound the log).
+    let conn = Connection::open(db_path(data_dir)).map_err(std::io::Error::other)?;
     std::thread::Builder::new()
         .name("checkpoint".into())
         .spawn(move || {
-            let conn = match Connection::open(&path) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!(error = %e, "checkpointer: cannot open the store");
-                    return;
-                }
-            };
             let mut wait = CHECKPOINT_EVERY;
-            let mut rounds = 0u64;
+            let mut trimmed = std::time::Instant::now();
             loop {
                 let last = !matches!(
                     stop.recv_timeout(wait),
@@ -149,6 +165,8 @@ pub fn spawn_checkpointer(
                     Ok((log, done)) => {
                         metrics::histogram!("evlounge_checkpoint_seconds")
                             .record(started.elapsed().as_secs_f64());
+                        metrics::gauge!("evlounge_wal_pages").set(log as f64);
+                        pages.store(log, std::sync::atomic::Ordering::Relaxed);
                         // Still far behind: go again soon.
                         wait = if log - done > CHECKPOINT_PAGES {
                             std::time::Duration::from_millis(50)
@@ -161,16 +179,16 @@ pub fn spawn_checkpointer(
                 if last {
                     break;
                 }
-                rounds += 1;
-                if rounds % TRIM_EVERY_ROUNDS == 0 {
+                if trimmed.elapsed() >= TRIM_EVERY {
+                    trimmed = std::time::Instant::now();
                     crate::util::mem::release_free_memory();
                 }
             }
         })
 }
 
-/// Every this many checkpoint rounds (~10 s), freed heap goes back to the OS.
-const TRIM_EVERY_ROUNDS: u64 = 10;
+/// How often freed heap goes back to the OS (from the checkpointer's thread).
+const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One PASSIVE checkpoint: (pages in the log, pages checkpointed).
 pub fn checkpoint(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
