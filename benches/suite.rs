@@ -1447,6 +1447,7 @@ async fn bench_latency(r: &mut Report) -> anyhow::Result<()> {
             "daemon_cpu_share_10k": cpu,
             "histograms_after_burst": hist_b,
             "histograms_at_end": histograms(&d.metrics().await),
+            "wal_pages_at_end": metric(&d.metrics().await, "evlounge_wal_pages", ""),
             "daemon_thread_cpu_s": thread_cpu(d.pid()),
             "load_1k": {"messages": n1, "msg_per_s": rate1},
         }),
