@@ -114,8 +114,8 @@ struct ChargerSlot {
     shown: (Option<ChargerStatus>, bool),
     /// Put this charger in the live view (and retained state) in this batch: something
     /// was decided or its status changed. Plain telemetry is coalesced instead: at most
-    /// one live update per charger per `live_every`, the last one never held back longer
-    /// than that plus a tick.
+    /// one live update per charger per `Processor::live_due_ms`; what is held back waits in
+    /// `Processor::live_queue` and is shown once that has passed.
     live_now: bool,
     live_pending: bool,
     live_wall_ms: i64,
@@ -273,8 +273,11 @@ pub struct Processor {
     conn: Connection,
     chargers: Chargers,
     zones: FxHashMap<ZoneKey, ZoneSlot>,
-    /// Minimum interval between two live-view updates of a charger for plain telemetry.
-    live_every_ms: i64,
+    /// A charger's plain telemetry reaches the live view when this long has passed since
+    /// its last live update: three quarters of min(`mqtt.state_min_interval`, 1 s), so a
+    /// charger reporting once per interval (1 Hz, the common case) is shown message by
+    /// message, never held back by a few ms of jitter; faster ones are coalesced.
+    live_due_ms: i64,
     meters: Meters,
     sink: Option<Box<dyn PointSink>>,
     hook: Option<Box<dyn CommitHook>>,
@@ -289,8 +292,6 @@ pub struct Processor {
     extra_points: Option<flume::Receiver<Point>>,
     /// The batch's pending effects, reused across batches.
     scratch: Pending,
-    /// The last batch's fdatasync + COMMIT time.
-    last_sync: Duration,
     /// Chargers with telemetry held back from the live view, oldest first (entries whose
     /// charger was shown since are skipped).
     live_queue: std::collections::VecDeque<(usize, i64)>,
@@ -335,15 +336,17 @@ impl Processor {
         live: Arc<Live>,
         adapters: Vec<crate::ingest::Source>,
     ) -> Result<Self, StoreError> {
-        let live_every_ms = i64::try_from(cfg.mqtt.state_min_interval.as_millis())
+        let live_due_ms = i64::try_from(cfg.mqtt.state_min_interval.as_millis())
             .unwrap_or(i64::MAX)
-            .min(1_000);
+            .min(1_000)
+            * 3
+            / 4;
         let mut p = Processor {
             cfg,
             conn,
             chargers: Chargers::default(),
             zones: FxHashMap::default(),
-            live_every_ms,
+            live_due_ms,
             meters: Meters::new(),
             sink: None,
             hook: None,
@@ -356,7 +359,6 @@ impl Processor {
             last_tick: Instant::now(),
             extra_points: None,
             scratch: Pending::default(),
-            last_sync: Duration::ZERO,
             live_queue: std::collections::VecDeque::new(),
             wal: None,
         };
@@ -627,8 +629,8 @@ impl Processor {
     fn process(&mut self, batch: &mut [Inbound], tick: bool) -> Result<(), StoreError> {
         let now_wall = crate::util::time::now_ms();
         let started = Instant::now();
+        // Left cleared by the previous batch (or empty, after a panic took it).
         let mut pending = std::mem::take(&mut self.scratch);
-        pending.clear();
         pending.messages = batch.len();
         for m in batch.iter() {
             self.handle(m, &mut pending);
@@ -638,7 +640,7 @@ impl Processor {
             self.last_tick = Instant::now();
             self.tick(now_wall, &mut pending);
         }
-        self.release_held_back(now_wall, batch.len(), &mut pending);
+        self.release_held_back(now_wall, &mut pending);
         let ticked = started.elapsed();
         if let Some(rx) = &self.extra_points {
             pending.points.extend(rx.try_iter().take(10_000));
@@ -648,7 +650,7 @@ impl Processor {
         let points = pending.points.len();
         pending.clear();
         self.scratch = pending;
-        committed?;
+        let synced = committed?;
         let total = started.elapsed();
         if total >= Duration::from_millis(10) {
             let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -659,7 +661,7 @@ impl Processor {
                 tick,
                 decide_ms = ms(decided),
                 tick_ms = ms(ticked - decided),
-                sync_ms = ms(self.last_sync),
+                sync_ms = ms(synced),
                 total_ms = ms(total),
                 "slow batch"
             );
@@ -808,14 +810,6 @@ impl Processor {
         None
     }
 
-    /// A charger's plain telemetry reaches the live view when this long has passed since
-    /// its last live update: three quarters of the interval, so a charger reporting once
-    /// per interval (1 Hz, the common case) is shown message by message, never held back
-    /// for the tick by a few ms of jitter; faster ones are coalesced.
-    fn live_due_ms(&self) -> i64 {
-        self.live_every_ms * 3 / 4
-    }
-
     /// The index of the charger's slot, registered on first sight.
     fn charger_slot(&mut self, key: ChargerKey, now_wall: i64) -> usize {
         if let Some(i) = self.chargers.find(&key) {
@@ -930,9 +924,9 @@ impl Processor {
     /// Shows held-back telemetry whose interval has passed, oldest first, a bounded number
     /// per batch (so thousands coming due together spread over a few batches instead of
     /// stalling one).
-    fn release_held_back(&mut self, now_wall: i64, messages: usize, p: &mut Pending) {
-        let due = self.live_due_ms();
-        let mut budget = 256 + messages;
+    fn release_held_back(&mut self, now_wall: i64, p: &mut Pending) {
+        let due = self.live_due_ms;
+        let mut budget = 256 + p.messages;
         while budget > 0 {
             let Some(&(i, queued_at)) = self.live_queue.front() else {
                 break;
@@ -975,7 +969,8 @@ impl Processor {
         }
     }
 
-    fn commit(&mut self, p: &mut Pending, now_wall: i64) -> Result<(), StoreError> {
+    /// Commits the batch; returns how long the spool's fdatasync and the COMMIT took.
+    fn commit(&mut self, p: &mut Pending, now_wall: i64) -> Result<Duration, StoreError> {
         p.dirty_zones.sort();
         p.dirty_zones.dedup();
         if p.sessions.is_empty()
@@ -985,7 +980,7 @@ impl Processor {
             && p.frontdesk.is_empty()
             && p.points.is_empty()
         {
-            return Ok(());
+            return Ok(Duration::ZERO);
         }
         let mut new_events: Vec<(i64, &Event)> = Vec::new();
         let tx = self
@@ -1046,18 +1041,17 @@ impl Processor {
         // Points go to the spool before the commit: if the commit then fails, the batch is
         // decided again and its points appended again, which the TSDB overwrites (same
         // series and timestamp); the other order could lose them.
-        if let Some(sink) = self.sink.as_mut() {
-            if !p.points.is_empty() {
-                sink.append(&p.points)?;
-            }
+        let mut sink = self.sink.as_mut().filter(|_| !p.points.is_empty());
+        if let Some(sink) = sink.as_mut() {
+            sink.append(&p.points)?;
         }
         let syncing = Instant::now();
-        if let Some(sink) = self.sink.as_mut() {
-            if !p.points.is_empty() {
-                sink.sync()?;
-            }
+        if let Some(sink) = sink {
+            sink.sync()?;
         }
         tx.commit()?;
+        let synced = syncing.elapsed();
+        self.meters.sync.record(synced.as_secs_f64());
         if let Some(wal) = &self.wal {
             if wal.load(std::sync::atomic::Ordering::Relaxed) > store::WAL_RESET_PAGES {
                 wal.store(0, std::sync::atomic::Ordering::Relaxed);
@@ -1066,8 +1060,6 @@ impl Processor {
                 }
             }
         }
-        self.last_sync = syncing.elapsed();
-        self.meters.sync.record(self.last_sync.as_secs_f64());
         for i in saved {
             let slot = &mut self.chargers.slots[i];
             slot.unsaved = false;
@@ -1098,14 +1090,13 @@ impl Processor {
             }
         }
         // Chargers whose change decides something are shown at once; plain telemetry at most
-        // once per `live_every_ms` per charger (the tick shows what was held back).
+        // once per `live_due_ms` per charger (`release_held_back` shows what was held back).
         let mut shown = Vec::new();
         let mut chargers = Vec::new();
-        let live_due = self.live_due_ms();
         for &i in &p.dirty_chargers {
             let slot = &mut self.chargers.slots[i];
             slot.dirty = false;
-            if slot.live_now || since(now_wall, slot.live_wall_ms) >= live_due {
+            if slot.live_now || since(now_wall, slot.live_wall_ms) >= self.live_due_ms {
                 slot.live_now = false;
                 slot.live_pending = false;
                 slot.live_wall_ms = now_wall;
@@ -1138,7 +1129,7 @@ impl Processor {
                 });
             }
         }
-        Ok(())
+        Ok(synced)
     }
 }
 

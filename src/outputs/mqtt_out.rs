@@ -42,9 +42,10 @@ impl MqttOut {
         // published once more (same event_id), and without an fsync per mark this
         // connection holds the write lock for microseconds, not a disk flush, while the
         // commit thread waits for it.
-        let conn = match store::open_writer(&self.data_dir)
-            .and_then(|c| Ok(c.pragma_update(None, "synchronous", "NORMAL").map(|_| c)?))
-        {
+        let conn = match store::open_writer(&self.data_dir).and_then(|c| {
+            c.pragma_update(None, "synchronous", "NORMAL")?;
+            Ok(c)
+        }) {
             Ok(c) => std::sync::Mutex::new(c),
             Err(e) => {
                 tracing::error!(error = %e, "mqtt out: cannot open the store; events stay unpublished");
