@@ -51,6 +51,21 @@ pub struct RangeQuery {
     charger: Option<String>,
 }
 
+/// The staff-only usage endpoints' common start: the caller must be staff, and the
+/// `from`/`to` range must parse (`now` is the default end).
+#[allow(clippy::result_large_err)] // the error is the response itself, as in `range`
+fn staff_range(
+    st: &AppState,
+    headers: &HeaderMap,
+    q: &RangeQuery,
+    now: i64,
+) -> Result<(i64, i64), Response> {
+    if !st.is_staff(headers) {
+        return Err(unauthorized());
+    }
+    range(q, now)
+}
+
 /// `from`/`to` with defaults (the last 24 h), validated.
 #[allow(clippy::result_large_err)] // the error is the response itself, as in `api`
 fn range(q: &RangeQuery, now: i64) -> Result<(i64, i64), Response> {
@@ -93,11 +108,8 @@ async fn usage(
     headers: HeaderMap,
     Query(q): Query<RangeQuery>,
 ) -> Response {
-    if !st.is_staff(&headers) {
-        return unauthorized();
-    }
     let now = now_ms();
-    let (from, to) = match range(&q, now) {
+    let (from, to) = match staff_range(&st, &headers, &q, now) {
         Ok(r) => r,
         Err(r) => return r,
     };
@@ -174,10 +186,7 @@ async fn event_counts(
     headers: HeaderMap,
     Query(q): Query<RangeQuery>,
 ) -> Response {
-    if !st.is_staff(&headers) {
-        return unauthorized();
-    }
-    let (from, to) = match range(&q, now_ms()) {
+    let (from, to) = match staff_range(&st, &headers, &q, now_ms()) {
         Ok(r) => r,
         Err(r) => return r,
     };
@@ -200,10 +209,7 @@ async fn notifications(
     headers: HeaderMap,
     Query(q): Query<RangeQuery>,
 ) -> Response {
-    if !st.is_staff(&headers) {
-        return unauthorized();
-    }
-    let (from, to) = match range(&q, now_ms()) {
+    let (from, to) = match staff_range(&st, &headers, &q, now_ms()) {
         Ok(r) => r,
         Err(r) => return r,
     };
@@ -232,10 +238,7 @@ async fn lounge(
     headers: HeaderMap,
     Query(q): Query<RangeQuery>,
 ) -> Response {
-    if !st.is_staff(&headers) {
-        return unauthorized();
-    }
-    let (from, to) = match range(&q, now_ms() + 1) {
+    let (from, to) = match staff_range(&st, &headers, &q, now_ms() + 1) {
         Ok(r) => r,
         Err(r) => return r,
     };
