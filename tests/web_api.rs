@@ -177,25 +177,20 @@ fn record(
     kwh: f64,
 ) -> evlounge::domain::session::SessionRecord {
     evlounge::domain::session::SessionRecord {
-        site: "milano".into(),
-        charger: charger.into(),
-        session_id: id.into(),
-        session_key: format!("{id}:{}", ms(started)),
-        id_tag: None,
         vehicle: Some("Taycan".into()),
-        started: ms(started),
         charging_started: Some(ms(started)),
         completed: completed.map(ms),
         ended: Some(ms(ended)),
         outcome: Some(evlounge::domain::session::Outcome::Completed),
         energy_kwh: kwh,
         peak_kw: 100.0,
-        avg_kw: None,
-        soc_start: None,
-        soc_end: None,
-        target_soc_pct: None,
-        time_to_complete_s: None,
-        idle_s: None,
+        ..evlounge::domain::session::SessionRecord::opened(
+            "milano",
+            charger,
+            id.into(),
+            format!("{id}:{}", ms(started)),
+            ms(started),
+        )
     }
 }
 

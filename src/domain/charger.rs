@@ -460,27 +460,7 @@ impl ChargerMachine {
             .clone()
             .unwrap_or_else(|| format!("{}-{}", meta.charger, t.ts));
         let key = session_key(&session_id, t.ts);
-        let record = SessionRecord {
-            site: meta.site.clone(),
-            charger: meta.charger.clone(),
-            session_id,
-            session_key: key,
-            id_tag: None,
-            vehicle: None,
-            started: t.ts,
-            charging_started: None,
-            completed: None,
-            ended: None,
-            outcome: None,
-            energy_kwh: 0.0,
-            peak_kw: 0.0,
-            avg_kw: None,
-            soc_start: None,
-            soc_end: None,
-            target_soc_pct: None,
-            time_to_complete_s: None,
-            idle_s: None,
-        };
+        let record = SessionRecord::opened(&meta.site, &meta.charger, session_id, key, t.ts);
         self.session = Some(Box::new(Session {
             record,
             charger_session_id: t.session_id.clone(),

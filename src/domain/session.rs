@@ -72,6 +72,37 @@ pub struct SessionRecord {
 }
 
 impl SessionRecord {
+    /// A session just plugged in: nothing charged, measured or decided yet.
+    pub fn opened(
+        site: &str,
+        charger: &str,
+        session_id: String,
+        session_key: String,
+        started: TsMs,
+    ) -> Self {
+        SessionRecord {
+            site: site.to_string(),
+            charger: charger.to_string(),
+            session_id,
+            session_key,
+            id_tag: None,
+            vehicle: None,
+            started,
+            charging_started: None,
+            completed: None,
+            ended: None,
+            outcome: None,
+            energy_kwh: 0.0,
+            peak_kw: 0.0,
+            avg_kw: None,
+            soc_start: None,
+            soc_end: None,
+            target_soc_pct: None,
+            time_to_complete_s: None,
+            idle_s: None,
+        }
+    }
+
     pub fn is_open(&self) -> bool {
         self.ended.is_none()
     }

@@ -514,27 +514,7 @@ mod tests {
         use crate::domain::session::{Outcome, SessionRecord};
         let dir = tempfile::tempdir().unwrap();
         let mut conn = open(dir.path()).unwrap();
-        let mut s = SessionRecord {
-            site: "s".into(),
-            charger: "c".into(),
-            session_id: "c-1000".into(),
-            session_key: "c-10001000".into(),
-            id_tag: None,
-            vehicle: None,
-            started: 1000,
-            charging_started: None,
-            completed: None,
-            ended: None,
-            outcome: None,
-            energy_kwh: 0.0,
-            peak_kw: 0.0,
-            avg_kw: None,
-            soc_start: None,
-            soc_end: None,
-            target_soc_pct: None,
-            time_to_complete_s: None,
-            idle_s: None,
-        };
+        let mut s = SessionRecord::opened("s", "c", "c-1000".into(), "c-10001000".into(), 1000);
         let tx = conn.transaction().unwrap();
         upsert_session(&tx, &s).unwrap();
         // the charger's own id arrives later (an OCPP transactionId), then the end

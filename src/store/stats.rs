@@ -249,25 +249,16 @@ mod tests {
         kwh: f64,
     ) -> SessionRecord {
         SessionRecord {
-            site: "milano".into(),
-            charger: charger.into(),
-            session_id: format!("S-{started}"),
-            session_key: format!("S-{started}"),
-            id_tag: None,
-            vehicle: None,
-            started: ms(started),
-            charging_started: None,
             completed: completed.map(ms),
             ended: ended.map(ms),
-            outcome: None,
             energy_kwh: kwh,
-            peak_kw: 0.0,
-            avg_kw: None,
-            soc_start: None,
-            soc_end: None,
-            target_soc_pct: None,
-            time_to_complete_s: None,
-            idle_s: None,
+            ..SessionRecord::opened(
+                "milano",
+                charger,
+                format!("S-{started}"),
+                format!("S-{started}"),
+                ms(started),
+            )
         }
     }
 
