@@ -42,7 +42,16 @@ impl Vm {
     /// Starts on a free port; `dedup` makes same series + timestamp overwrite (InfluxDB
     /// semantics), so retried batches are not counted twice.
     pub async fn start(dedup: bool) -> Vm {
-        let tmp = tempfile::tempdir().expect("tempdir");
+        Vm::start_in(dedup, None).await
+    }
+
+    /// As [`Vm::start`], with its storage under `parent` (the system temp dir when `None`).
+    pub async fn start_in(dedup: bool, parent: Option<&Path>) -> Vm {
+        let tmp = match parent {
+            Some(p) => tempfile::tempdir_in(p),
+            None => tempfile::tempdir(),
+        }
+        .expect("tempdir");
         let mut vm = Vm {
             child: None,
             port: 0,
