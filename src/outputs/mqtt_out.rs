@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use rumqttc::QoS;
 use tokio::sync::watch;
 
-use crate::app::live::{charger_json, zone_json, Live};
+use crate::app::live::{zone_json_bytes, Live};
 use crate::app::processor::{OutMsg, StateKey};
 use crate::ingest::mqtt::MqttHandle;
 use crate::store;
@@ -27,6 +27,9 @@ pub struct MqttOut {
     pub prefix: String,
     pub state_min_interval: Duration,
 }
+
+/// Retained states published between two looks for events during a flush.
+const STATE_CHUNK: usize = 64;
 
 struct StateSlot {
     pending: Option<StateKey>,
@@ -92,7 +95,7 @@ impl MqttOut {
                                 slot.last_sent = None;
                             }
                         }
-                        self.flush_states(&mut states, false).await;
+                        self.flush_states(&mut states, false, &conn, &mut published).await;
                     }
                 }
             }
@@ -103,7 +106,8 @@ impl MqttOut {
         }
         if self.handle.is_connected() {
             self.sweep(&conn, &mut published).await;
-            self.flush_states(&mut states, true).await;
+            self.flush_states(&mut states, true, &conn, &mut published)
+                .await;
         }
     }
 
@@ -121,15 +125,8 @@ impl MqttOut {
                 payload,
                 committed,
             } => {
-                if published.contains(&seq) || !self.handle.is_connected() {
-                    // Not connected: the sweep publishes it after the reconnect.
-                    return;
-                }
-                if self.publish(topic, payload.into_bytes(), false).await {
-                    metrics::histogram!("evlounge_event_publish_seconds")
-                        .record(committed.elapsed().as_secs_f64());
-                    self.mark(conn, &[seq], published);
-                }
+                self.publish_event(seq, topic, payload, committed, conn, published)
+                    .await
             }
             OutMsg::State { topic, key } => {
                 let slot = states.entry(topic).or_insert(StateSlot {
@@ -147,6 +144,26 @@ impl MqttOut {
                         .try_publish(topic, QoS::AtMostOnce, false, payload);
                 }
             }
+        }
+    }
+
+    async fn publish_event(
+        &self,
+        seq: i64,
+        topic: String,
+        payload: String,
+        committed: Instant,
+        conn: &std::sync::Mutex<rusqlite::Connection>,
+        published: &mut BTreeSet<i64>,
+    ) {
+        if published.contains(&seq) || !self.handle.is_connected() {
+            // Not connected: the sweep publishes it after the reconnect.
+            return;
+        }
+        if self.publish(topic, payload.into_bytes(), false).await {
+            metrics::histogram!("evlounge_event_publish_seconds")
+                .record(committed.elapsed().as_secs_f64());
+            self.mark(conn, &[seq], published);
         }
     }
 
@@ -279,9 +296,39 @@ impl MqttOut {
         }
     }
 
-    async fn flush_states(&self, states: &mut HashMap<String, StateSlot>, force: bool) {
+    /// Publishes the retained states that are due. Every [`STATE_CHUNK`] of them it yields
+    /// and publishes the events the commit thread sent meanwhile, so a flush of thousands
+    /// of states (10k chargers at 1 Hz) never holds an event up for more than a chunk.
+    async fn flush_states(
+        &self,
+        states: &mut HashMap<String, StateSlot>,
+        force: bool,
+        conn: &std::sync::Mutex<rusqlite::Connection>,
+        published: &mut BTreeSet<i64>,
+    ) {
         let now = Instant::now();
+        let mut rendered = 0usize;
+        // States sent during the flush are applied after it (the map is being iterated).
+        let mut later = Vec::new();
         for (topic, slot) in states.iter_mut() {
+            if rendered >= STATE_CHUNK {
+                rendered = 0;
+                tokio::task::yield_now().await;
+                for m in self.rx.try_iter().take(4096) {
+                    match m {
+                        OutMsg::Event {
+                            seq,
+                            topic,
+                            payload,
+                            committed,
+                        } => {
+                            self.publish_event(seq, topic, payload, committed, conn, published)
+                                .await
+                        }
+                        other => later.push(other),
+                    }
+                }
+            }
             if slot.pending.is_none() {
                 continue;
             }
@@ -294,10 +341,10 @@ impl MqttOut {
             }
             if let Some(key) = slot.pending.take() {
                 let payload = match &key {
-                    StateKey::Charger(site, id) => {
-                        self.live.charger(site, id).map(|c| charger_json(&c))
+                    StateKey::Charger(site, id) => self.live.charger_bytes(site, id),
+                    StateKey::Zone(site, zone) => {
+                        self.live.zone(site, zone).map(|z| zone_json_bytes(&z))
                     }
-                    StateKey::Zone(site, zone) => self.live.zone(site, zone).map(|z| zone_json(&z)),
                 };
                 let Some(payload) = payload else {
                     continue;
@@ -308,15 +355,19 @@ impl MqttOut {
                 if self
                     .handle
                     .client
-                    .try_publish(topic.clone(), QoS::AtMostOnce, true, payload.to_string())
+                    .try_publish(topic.clone(), QoS::AtMostOnce, true, payload)
                     .is_err()
                 {
                     slot.pending = Some(key);
-                    return;
+                    break;
                 }
                 slot.shown = Some(key);
                 slot.last_sent = Some(now);
+                rendered += 1;
             }
+        }
+        for m in later {
+            self.handle_msg(m, conn, published, states).await;
         }
     }
 }
