@@ -143,17 +143,29 @@ impl Session {
     /// Brings the derived record fields up to date before the record is published.
     fn refresh_record(&mut self, now: TsMs) {
         let energy = self.energy_kwh();
-        let r = &mut self.record;
-        r.energy_kwh = energy;
-        if let Some(cs) = r.charging_started {
-            let end = self.terminal_ts.or(r.ended).unwrap_or(now);
-            let h = (end - cs) as f64 / 3_600_000.0;
-            r.avg_kw = (h > 0.0).then(|| energy / h);
-        }
-        if let Some(t) = self.terminal_ts {
-            let end = r.ended.unwrap_or(now);
-            r.idle_s = Some(((end - t) as f64 / 1000.0).max(0.0));
-        }
+        derive_record(&mut self.record, energy, self.terminal_ts, now);
+    }
+
+    /// The record with its derived fields as of `now`, leaving the session as it is (the
+    /// live view: cloning the whole session, ETA history included, just to read it
+    /// would cost more than the record).
+    fn refreshed_record(&self, now: TsMs) -> SessionRecord {
+        let mut r = self.record.clone();
+        derive_record(&mut r, self.energy_kwh(), self.terminal_ts, now);
+        r
+    }
+}
+
+fn derive_record(r: &mut SessionRecord, energy: f64, terminal_ts: Option<TsMs>, now: TsMs) {
+    r.energy_kwh = energy;
+    if let Some(cs) = r.charging_started {
+        let end = terminal_ts.or(r.ended).unwrap_or(now);
+        let h = (end - cs) as f64 / 3_600_000.0;
+        r.avg_kw = (h > 0.0).then(|| energy / h);
+    }
+    if let Some(t) = terminal_ts {
+        let end = r.ended.unwrap_or(now);
+        r.idle_s = Some(((end - t) as f64 / 1000.0).max(0.0));
     }
 }
 
@@ -265,11 +277,10 @@ impl ChargerMachine {
     }
 
     pub fn live(&self, meta: &ChargerMeta) -> LiveCharger {
-        let session = self.session.as_ref().map(|s| {
-            let mut s = s.clone();
-            s.refresh_record(self.clock.unwrap_or(s.last_ts).max(s.last_ts));
-            Box::new(s.record)
-        });
+        let session = self
+            .session
+            .as_ref()
+            .map(|s| Box::new(s.refreshed_record(self.clock.unwrap_or(s.last_ts).max(s.last_ts))));
         LiveCharger {
             site: meta.site.clone(),
             charger: meta.charger.clone(),
