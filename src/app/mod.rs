@@ -140,10 +140,7 @@ pub async fn run_with(
     let mut sink_stop = None;
     if let Some(ts) = timeseries {
         processor = processor
-            .with_sink(Box::new(wiring::SpoolSink {
-                writer: ts.writer,
-                buf: Vec::with_capacity(1 << 16),
-            }))
+            .with_sink(Box::new(wiring::SpoolSink { writer: ts.writer }))
             .with_extra_points(points_rx);
         sink_task = Some(tokio::spawn(ts.task));
         sink_stop = Some(ts.shutdown);

@@ -17,18 +17,21 @@ use crate::config::Config;
 use crate::domain::charger::{ChargerInput, ChargerMachine, Effect};
 use crate::domain::event::Event;
 use crate::domain::input::ChargerStatus;
+use crate::domain::input::Telemetry;
 use crate::domain::input::{ChargerKey, Input, ZoneKey};
 use crate::domain::lounge::ZoneMachine;
 use crate::domain::session::SessionRecord;
 use crate::domain::thresholds::{ChargerMeta, ZoneMeta};
 use crate::ingest::decode::{self, DecodeError, Route};
 use crate::ingest::mqtt::{Inbound, MqttHandle};
-use crate::outputs::timeseries::Point;
+use crate::outputs::timeseries::line_protocol::Line;
+use crate::outputs::timeseries::{self, Point};
 use crate::store::{self, StoreError};
 
 /// Where the batch's time-series points go before the batch is acked (the disk spool).
 pub trait PointSink: Send {
-    fn append(&mut self, points: &[Point]) -> std::io::Result<()>;
+    /// Appends line protocol (whole lines).
+    fn append(&mut self, lines: &[u8]) -> std::io::Result<()>;
     fn sync(&mut self) -> std::io::Result<()>;
 }
 
@@ -167,10 +170,11 @@ impl ChargerSlot {
 }
 
 /// Every charger's slot, found by key once per message; the rest of the batch refers to
-/// it by index (no repeated hashing of two strings per message).
+/// it by index (no repeated hashing of two strings per message). Site, then charger: a
+/// message's topic finds its slot by `&str`, with no key allocated.
 #[derive(Default)]
 struct Chargers {
-    index: FxHashMap<ChargerKey, usize>,
+    index: FxHashMap<String, FxHashMap<String, usize>>,
     /// Boxed: a slot is over a kilobyte, and a `Vec` of them inline would hold up to twice
     /// the chargers' memory in spare capacity after growing (and copy it all to grow).
     #[allow(clippy::vec_box)] // deliberate, see above
@@ -179,18 +183,21 @@ struct Chargers {
 
 impl Chargers {
     fn insert(&mut self, slot: ChargerSlot) -> usize {
-        if let Some(&i) = self.index.get(&slot.key) {
+        if let Some(i) = self.find(&slot.key.site, &slot.key.charger) {
             *self.slots[i] = slot;
             return i;
         }
         let i = self.slots.len();
-        self.index.insert(slot.key.clone(), i);
+        self.index
+            .entry(slot.key.site.clone())
+            .or_default()
+            .insert(slot.key.charger.clone(), i);
         self.slots.push(Box::new(slot));
         i
     }
 
-    fn find(&self, key: &ChargerKey) -> Option<usize> {
-        self.index.get(key).copied()
+    fn find(&self, site: &str, charger: &str) -> Option<usize> {
+        self.index.get(site)?.get(charger).copied()
     }
 
     fn clear(&mut self) {
@@ -209,11 +216,24 @@ fn since(now: i64, then: i64) -> i64 {
     }
 }
 
-/// A plain-telemetry snapshot is due after `SNAPSHOT_EVERY_MS`, within the batch's budget;
-/// one twice that old is saved whatever the budget (bounding what a crash rewinds).
-fn overdue_snapshot(now: i64, saved: i64, within_budget: bool) -> bool {
-    let age = since(now, saved);
-    (age >= SNAPSHOT_EVERY_MS && within_budget) || age >= 2 * SNAPSHOT_EVERY_MS
+/// A plain-telemetry snapshot is due once per `SNAPSHOT_EVERY_MS` window of the charger's
+/// own `phase`, within the batch's budget; one twice that old is saved whatever the budget
+/// (bounding what a crash rewinds). The phases spread the chargers' windows over the
+/// interval: chargers first heard (and saved) in the same second, as all of them are at a
+/// start, would otherwise come due together every 10 s, and each such wave of writes was a
+/// latency spike.
+fn snapshot_due(now: i64, saved: i64, phase: i64, within_budget: bool) -> bool {
+    if since(now, saved) >= 2 * SNAPSHOT_EVERY_MS {
+        return true;
+    }
+    let window = |t: i64| (t + phase).div_euclid(SNAPSHOT_EVERY_MS);
+    within_budget && window(now) > window(saved)
+}
+
+/// Slot `i`'s snapshot phase: consecutive slots (chargers registered together) land
+/// `7919 ms` apart modulo the interval, which visits every ms of it (7919 is prime).
+fn snapshot_phase(i: usize) -> i64 {
+    (i as i64).wrapping_mul(7919).rem_euclid(SNAPSHOT_EVERY_MS)
 }
 
 fn owned_ids(ids: Option<(&str, &str)>) -> Option<(String, String)> {
@@ -305,6 +325,10 @@ struct Pending {
     sessions: BTreeMap<String, (SessionRecord, bool)>,
     events: Vec<(Event, Option<String>)>,
     points: Vec<Point>,
+    /// Telemetry points, already line protocol (`line_count` lines), and at commit the
+    /// other points after them: what goes to the spool.
+    lines: Vec<u8>,
+    line_count: usize,
     /// Indices into `Processor::chargers`, each charger once.
     dirty_chargers: Vec<usize>,
     /// Messages in the batch.
@@ -319,6 +343,8 @@ impl Pending {
         self.sessions.clear();
         self.events.clear();
         self.points.clear();
+        self.lines.clear();
+        self.line_count = 0;
         self.dirty_chargers.clear();
         self.dirty_zones.clear();
         self.frontdesk.clear();
@@ -647,10 +673,10 @@ impl Processor {
         }
         let committed = self.commit(&mut pending, now_wall);
         let dirty = pending.dirty_chargers.len();
-        let points = pending.points.len();
+        let points = pending.line_count;
         pending.clear();
         self.scratch = pending;
-        let synced = committed?;
+        let times = committed?;
         let total = started.elapsed();
         if total >= Duration::from_millis(10) {
             let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -661,7 +687,10 @@ impl Processor {
                 tick,
                 decide_ms = ms(decided),
                 tick_ms = ms(ticked - decided),
-                sync_ms = ms(synced),
+                body_ms = ms(times.body),
+                append_ms = ms(times.append),
+                sync_ms = ms(times.sync),
+                show_ms = ms(times.show),
                 total_ms = ms(total),
                 "slow batch"
             );
@@ -721,13 +750,19 @@ impl Processor {
                         if d.clock_skew {
                             self.meters.clock_skew.increment(1);
                         }
-                        vec![Input::Telemetry {
-                            key: ChargerKey {
-                                site: site.to_string(),
-                                charger: charger.to_string(),
-                            },
-                            t: d.value,
-                        }]
+                        // The common case, without the key (two strings) an `Input` needs.
+                        let i = match self.chargers.find(site, charger) {
+                            Some(i) => i,
+                            None => self.charger_slot(
+                                ChargerKey {
+                                    site: site.to_string(),
+                                    charger: charger.to_string(),
+                                },
+                                m.recv_ms,
+                            ),
+                        };
+                        self.telemetry(i, &d.value, m.recv_ms, p);
+                        return;
                     }
                     Err(e) => {
                         self.reject(m, "evlounge", &e);
@@ -812,7 +847,7 @@ impl Processor {
 
     /// The index of the charger's slot, registered on first sight.
     fn charger_slot(&mut self, key: ChargerKey, now_wall: i64) -> usize {
-        if let Some(i) = self.chargers.find(&key) {
+        if let Some(i) = self.chargers.find(&key.site, &key.charger) {
             return i;
         }
         let meta = self.charger_meta(&key);
@@ -827,29 +862,7 @@ impl Processor {
         match input {
             Input::Telemetry { key, t } => {
                 let i = self.charger_slot(key, recv_ms);
-                let slot = &mut self.chargers.slots[i];
-                let step = slot.machine.step(&slot.meta, ChargerInput::Telemetry(&t));
-                if !step.applied {
-                    self.meters.out_of_order.increment(1);
-                    return;
-                }
-                slot.last_wall_ms = recv_ms;
-                let status = t.status.map(|s| s.as_str()).unwrap_or("unknown");
-                p.points.push(
-                    Point::with_capacity("charger", t.ts, 3, 7)
-                        .tag("site", slot.key.site.clone())
-                        .tag("charger", slot.key.charger.clone())
-                        .tag("status", status)
-                        .field("power_kw", t.power_kw)
-                        .field("meter_kwh", t.meter_kwh)
-                        .field("session_kwh", t.session_kwh)
-                        .field("soc_pct", t.soc_pct)
-                        .field("voltage_v", t.voltage_v)
-                        .field("current_a", t.current_a)
-                        .field("temperature_c", t.temperature_c),
-                );
-                slot.unsaved = true;
-                settle(slot, i, step.effects, p);
+                self.telemetry(i, &t, recv_ms, p);
             }
             Input::Availability { key, online, ts } => {
                 let i = self.charger_slot(key, recv_ms);
@@ -921,6 +934,35 @@ impl Processor {
         }
     }
 
+    /// Applies telemetry to the charger in slot `i`; its point is encoded straight into the
+    /// batch's line-protocol buffer (when there is a time-series output at all).
+    fn telemetry(&mut self, i: usize, t: &Telemetry, recv_ms: i64, p: &mut Pending) {
+        let slot = &mut self.chargers.slots[i];
+        let step = slot.machine.step(&slot.meta, ChargerInput::Telemetry(t));
+        if !step.applied {
+            self.meters.out_of_order.increment(1);
+            return;
+        }
+        slot.last_wall_ms = recv_ms;
+        if self.sink.is_some() {
+            let status = t.status.map(|s| s.as_str()).unwrap_or("unknown");
+            let mut line = Line::new(&mut p.lines, "charger");
+            line.tag("site", &slot.key.site)
+                .tag("charger", &slot.key.charger)
+                .tag("status", status)
+                .field("power_kw", t.power_kw)
+                .field("meter_kwh", t.meter_kwh)
+                .field("session_kwh", t.session_kwh)
+                .field("soc_pct", t.soc_pct)
+                .field("voltage_v", t.voltage_v)
+                .field("current_a", t.current_a)
+                .field("temperature_c", t.temperature_c);
+            p.line_count += usize::from(line.finish(t.ts));
+        }
+        slot.unsaved = true;
+        settle(slot, i, step.effects, p);
+    }
+
     /// Shows held-back telemetry whose interval has passed, oldest first, a bounded number
     /// per batch (so thousands coming due together spread over a few batches instead of
     /// stalling one).
@@ -969,8 +1011,8 @@ impl Processor {
         }
     }
 
-    /// Commits the batch; returns how long the spool's fdatasync and the COMMIT took.
-    fn commit(&mut self, p: &mut Pending, now_wall: i64) -> Result<Duration, StoreError> {
+    /// Commits the batch; returns where its time went.
+    fn commit(&mut self, p: &mut Pending, now_wall: i64) -> Result<CommitTimes, StoreError> {
         p.dirty_zones.sort();
         p.dirty_zones.dedup();
         if p.sessions.is_empty()
@@ -979,9 +1021,11 @@ impl Processor {
             && p.dirty_zones.is_empty()
             && p.frontdesk.is_empty()
             && p.points.is_empty()
+            && p.lines.is_empty()
         {
-            return Ok(Duration::ZERO);
+            return Ok(CommitTimes::default());
         }
+        let started = Instant::now();
         let mut new_events: Vec<(i64, &Event)> = Vec::new();
         let tx = self
             .conn
@@ -1024,7 +1068,12 @@ impl Processor {
             let slot = &self.chargers.slots[i];
             let due = slot.unsaved
                 && (slot.must_save
-                    || overdue_snapshot(now_wall, slot.saved_wall_ms, periodic < budget));
+                    || snapshot_due(
+                        now_wall,
+                        slot.saved_wall_ms,
+                        snapshot_phase(i),
+                        periodic < budget,
+                    ));
             if due {
                 periodic += usize::from(!slot.must_save);
                 let json = serde_json::to_string(&slot.machine)?;
@@ -1041,17 +1090,22 @@ impl Processor {
         // Points go to the spool before the commit: if the commit then fails, the batch is
         // decided again and its points appended again, which the TSDB overwrites (same
         // series and timestamp); the other order could lose them.
-        let mut sink = self.sink.as_mut().filter(|_| !p.points.is_empty());
+        let body = started.elapsed();
+        if self.sink.is_some() {
+            p.line_count += timeseries::encode_points(&p.points, &mut p.lines);
+        }
+        let mut sink = self.sink.as_mut().filter(|_| !p.lines.is_empty());
         if let Some(sink) = sink.as_mut() {
-            sink.append(&p.points)?;
+            sink.append(&p.lines)?;
         }
         let syncing = Instant::now();
+        let append = syncing - started - body;
         if let Some(sink) = sink {
             sink.sync()?;
         }
         tx.commit()?;
-        let synced = syncing.elapsed();
-        self.meters.sync.record(synced.as_secs_f64());
+        let sync = syncing.elapsed();
+        self.meters.sync.record(sync.as_secs_f64());
         if let Some(wal) = &self.wal {
             if wal.load(std::sync::atomic::Ordering::Relaxed) > store::WAL_RESET_PAGES {
                 wal.store(0, std::sync::atomic::Ordering::Relaxed);
@@ -1071,6 +1125,7 @@ impl Processor {
         }
 
         // Everything below reads what was committed.
+        let shown_from = Instant::now();
         let prefix = &self.cfg.mqtt.prefix;
         for (seq, e) in &new_events {
             metrics::counter!("evlounge_events_total", "kind" => e.kind.as_str()).increment(1);
@@ -1129,8 +1184,23 @@ impl Processor {
                 });
             }
         }
-        Ok(synced)
+        Ok(CommitTimes {
+            body,
+            append,
+            sync,
+            show: shown_from.elapsed(),
+        })
     }
+}
+
+/// Where a commit's time went (for the slow-batch log): the transaction's statements, the
+/// spool append, the spool fdatasync plus the COMMIT, and the publishing afterwards.
+#[derive(Default, Clone, Copy)]
+struct CommitTimes {
+    body: Duration,
+    append: Duration,
+    sync: Duration,
+    show: Duration,
 }
 
 /// After a charger's step: notes what changed, collects its effects (events tied to their
@@ -1211,14 +1281,52 @@ mod tests {
 
     #[test]
     fn snapshots_are_due_within_budget_and_overdue_ones_regardless() {
+        // Phase 0: windows start at multiples of the interval.
         let t = 1_000_000;
-        assert!(!overdue_snapshot(t + SNAPSHOT_EVERY_MS - 1, t, true));
-        assert!(overdue_snapshot(t + SNAPSHOT_EVERY_MS, t, true));
-        assert!(!overdue_snapshot(t + SNAPSHOT_EVERY_MS, t, false));
-        assert!(overdue_snapshot(t + 2 * SNAPSHOT_EVERY_MS, t, false));
+        assert!(!snapshot_due(t + SNAPSHOT_EVERY_MS - 1, t, 0, true));
+        assert!(snapshot_due(t + SNAPSHOT_EVERY_MS, t, 0, true));
+        assert!(!snapshot_due(t + SNAPSHOT_EVERY_MS, t, 0, false));
+        assert!(snapshot_due(t + 2 * SNAPSHOT_EVERY_MS, t, 0, false));
+        // A phase moves the window: saved 1 ms before its boundary, due 1 ms later.
+        let phase = 3_000;
+        let boundary = 7 * SNAPSHOT_EVERY_MS - phase;
+        assert!(!snapshot_due(boundary - 1, boundary - 2, phase, true));
+        assert!(snapshot_due(boundary, boundary - 1, phase, true));
+        // Once per window: saved at the boundary, not due again until the next one.
+        assert!(!snapshot_due(
+            boundary + SNAPSHOT_EVERY_MS - 1,
+            boundary,
+            phase,
+            true
+        ));
+        assert!(snapshot_due(
+            boundary + SNAPSHOT_EVERY_MS,
+            boundary,
+            phase,
+            true
+        ));
         // Wall clock stepped backwards: save rather than wait for it.
-        assert!(overdue_snapshot(t - 5, t, false));
+        assert!(snapshot_due(t - 5, t, 0, false));
         assert!(snapshots_per_batch(0) > 0);
         assert!(snapshots_per_batch(8192) >= 2048);
+    }
+
+    #[test]
+    fn chargers_saved_together_come_due_spread_over_the_interval() {
+        // 10k chargers all saved at the same instant (first heard together): when does
+        // each come due next? Per 100 ms of the interval, about 100 of them, not 10k at once.
+        let n = 10_000;
+        let t0 = 1_764_000_000_000;
+        let mut per_slice = vec![0usize; (SNAPSHOT_EVERY_MS / 100) as usize];
+        for i in 0..n {
+            let phase = snapshot_phase(i);
+            let due_at = (1..=SNAPSHOT_EVERY_MS)
+                .map(|d| t0 + d)
+                .find(|&now| snapshot_due(now, t0, phase, true))
+                .expect("due within one interval");
+            per_slice[((due_at - t0 - 1) / 100) as usize] += 1;
+        }
+        assert_eq!(per_slice.iter().sum::<usize>(), n);
+        assert!(per_slice.iter().all(|&c| c <= 110), "{per_slice:?}");
     }
 }

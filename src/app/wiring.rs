@@ -12,21 +12,16 @@ use crate::config::Config;
 use crate::domain::event::Event;
 use crate::domain::session::SessionRecord;
 use crate::outputs::notify::{self, Channel, Directory, LinkRequest, NotifyConfig};
-use crate::outputs::timeseries::{self, InfluxConfig, Point, SpoolWriter};
+use crate::outputs::timeseries::{InfluxConfig, SpoolWriter};
 
-/// The spool as the commit thread's point sink: encode, append, fsync per group commit.
+/// The spool as the commit thread's point sink: append, fsync per group commit.
 pub struct SpoolSink {
     pub writer: SpoolWriter,
-    pub buf: Vec<u8>,
 }
 
 impl PointSink for SpoolSink {
-    fn append(&mut self, points: &[Point]) -> std::io::Result<()> {
-        self.buf.clear();
-        if timeseries::encode_points(points, &mut self.buf) > 0 {
-            self.writer.append(&self.buf)?;
-        }
-        Ok(())
+    fn append(&mut self, lines: &[u8]) -> std::io::Result<()> {
+        self.writer.append(lines)
     }
 
     fn sync(&mut self) -> std::io::Result<()> {

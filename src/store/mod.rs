@@ -182,6 +182,10 @@ pub fn spawn_checkpointer_watching(
                 if trimmed.elapsed() >= TRIM_EVERY {
                     trimmed = std::time::Instant::now();
                     crate::util::mem::release_free_memory();
+                    tracing::debug!(
+                        ms = trimmed.elapsed().as_secs_f64() * 1000.0,
+                        "freed heap returned to the OS"
+                    );
                 }
             }
         })

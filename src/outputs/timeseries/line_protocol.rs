@@ -28,37 +28,77 @@ pub fn encode(points: &[Point], buf: &mut Vec<u8>) -> usize {
 
 /// Writes one point; returns false (and writes nothing) when it has no finite field.
 pub fn encode_point(p: &Point, buf: &mut Vec<u8>) -> bool {
-    // `Point::field` already filters non-finite values, but the fields are public.
-    if !p.fields.iter().any(|(_, v)| v.is_finite()) || p.measurement.is_empty() {
-        return false;
-    }
-    escape(p.measurement.as_bytes(), buf, Kind::Measurement);
+    let mut line = Line::new(buf, p.measurement);
     for (k, v) in &p.tags {
-        // InfluxDB rejects empty tag keys/values; an absent tag means the same thing.
-        if k.is_empty() || v.is_empty() {
-            continue;
-        }
-        buf.push(b',');
-        escape(k.as_bytes(), buf, Kind::Key);
-        buf.push(b'=');
-        escape(v.as_bytes(), buf, Kind::Key);
+        line.tag(k, v);
     }
-    let mut sep = b' ';
     for (k, v) in &p.fields {
-        if !v.is_finite() || k.is_empty() {
-            continue;
-        }
-        buf.push(sep);
-        sep = b',';
-        escape(k.as_bytes(), buf, Kind::Key);
-        buf.push(b'=');
-        write_float(*v, buf);
+        line.field(k, Some(*v));
     }
-    buf.push(b' ');
-    // Writing into a Vec cannot fail.
-    let _ = write!(buf, "{}", p.ts_ms);
-    buf.push(b'\n');
-    true
+    line.finish(p.ts_ms)
+}
+
+/// One line written in place: measurement, then tags, then fields, then [`Line::finish`].
+/// The hot path (a telemetry message) encodes its point this way without building a
+/// [`Point`]. A line that ends up with no finite field is taken back out of the buffer.
+pub struct Line<'a> {
+    buf: &'a mut Vec<u8>,
+    start: usize,
+    fields: usize,
+    no_measurement: bool,
+}
+
+impl<'a> Line<'a> {
+    pub fn new(buf: &'a mut Vec<u8>, measurement: &str) -> Self {
+        let start = buf.len();
+        escape(measurement.as_bytes(), buf, Kind::Measurement);
+        Line {
+            buf,
+            start,
+            fields: 0,
+            no_measurement: measurement.is_empty(),
+        }
+    }
+
+    /// InfluxDB rejects empty tag keys and values; an absent tag means the same thing.
+    pub fn tag(&mut self, k: &str, v: &str) -> &mut Self {
+        debug_assert_eq!(self.fields, 0, "tags go before fields");
+        if !k.is_empty() && !v.is_empty() {
+            self.buf.push(b',');
+            escape(k.as_bytes(), self.buf, Kind::Key);
+            self.buf.push(b'=');
+            escape(v.as_bytes(), self.buf, Kind::Key);
+        }
+        self
+    }
+
+    /// A field when the value is known and finite.
+    pub fn field(&mut self, k: &str, v: Option<f64>) -> &mut Self {
+        if let Some(v) = v.filter(|v| v.is_finite()) {
+            if !k.is_empty() {
+                self.buf.push(if self.fields == 0 { b' ' } else { b',' });
+                self.fields += 1;
+                escape(k.as_bytes(), self.buf, Kind::Key);
+                self.buf.push(b'=');
+                write_float(v, self.buf);
+            }
+        }
+        self
+    }
+
+    /// Ends the line at `ts_ms`; false (and nothing left written) when it had no field or
+    /// no measurement.
+    pub fn finish(self, ts_ms: i64) -> bool {
+        if self.fields == 0 || self.no_measurement {
+            self.buf.truncate(self.start);
+            return false;
+        }
+        self.buf.push(b' ');
+        let mut b = itoa::Buffer::new();
+        self.buf.extend_from_slice(b.format(ts_ms).as_bytes());
+        self.buf.push(b'\n');
+        true
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -209,6 +249,29 @@ mod tests {
         let mut buf = b"prefix\n".to_vec();
         assert_eq!(encode(&points, &mut buf), 1);
         assert_eq!(buf, b"prefix\nm f=-0.5 3\n");
+    }
+
+    #[test]
+    fn a_line_written_in_place_is_taken_back_without_fields() {
+        let mut buf = b"m f=1 1\n".to_vec();
+        let mut l = Line::new(&mut buf, "charger");
+        l.tag("site", "s 1")
+            .field("power_kw", None)
+            .field("soc", Some(f64::NAN));
+        assert!(!l.finish(2));
+        assert_eq!(buf, b"m f=1 1\n");
+        let mut l = Line::new(&mut buf, "");
+        l.field("f", Some(1.0));
+        assert!(!l.finish(3));
+        assert_eq!(buf, b"m f=1 1\n");
+        let mut l = Line::new(&mut buf, "charger");
+        l.tag("site", "s 1")
+            .tag("status", "")
+            .field("power_kw", None)
+            .field("soc_pct", Some(61.0))
+            .field("kwh", Some(0.5));
+        assert!(l.finish(4));
+        assert_eq!(buf, b"m f=1 1\ncharger,site=s\\ 1 soc_pct=61,kwh=0.5 4\n");
     }
 
     #[test]
