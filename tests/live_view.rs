@@ -83,18 +83,25 @@ async fn fence(d: &Daemon, publ: &MqttClient, id: &str) {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_telemetry_burst_is_coalesced_and_its_last_message_is_shown() {
+/// A broker, a daemon, a subscriber to hpc-3's retained state and a publisher (`tag` names
+/// the clients).
+async fn watch_hpc3(tag: &str) -> (Mosquitto, tempfile::TempDir, Daemon, MqttClient, MqttClient) {
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(dir.path(), &config(&broker));
     let sub = MqttClient::connect(
         broker.port,
-        "t-sub-burst",
+        &format!("t-sub-{tag}"),
         &["evlounge/milano/state/charger/hpc-3"],
     )
     .await;
-    let publ = MqttClient::connect(broker.port, "t-pub-burst", &[]).await;
+    let publ = MqttClient::connect(broker.port, &format!("t-pub-{tag}"), &[]).await;
+    (broker, dir, d, sub, publ)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_telemetry_burst_is_coalesced_and_its_last_message_is_shown() {
+    let (_broker, _dir, d, sub, publ) = watch_hpc3("burst").await;
     let t0 = base_ts();
     // Plug-in straight into charging: status change and charging_started, shown at once.
     let window = Instant::now();
@@ -176,16 +183,7 @@ async fn a_telemetry_burst_is_coalesced_and_its_last_message_is_shown() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_status_change_is_shown_at_once() {
-    let broker = Mosquitto::start();
-    let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(dir.path(), &config(&broker));
-    let sub = MqttClient::connect(
-        broker.port,
-        "t-sub-status",
-        &["evlounge/milano/state/charger/hpc-3"],
-    )
-    .await;
-    let publ = MqttClient::connect(broker.port, "t-pub-status", &[]).await;
+    let (_broker, _dir, d, sub, publ) = watch_hpc3("status").await;
     let t0 = base_ts();
     let window = Instant::now();
     publ.publish(TOPIC, msg(t0, "charging", 100.0, 30.0, 0.0))

@@ -85,13 +85,13 @@ impl Live {
     }
 
     /// A charger's retained-state JSON, rendered under the read lock (no clone).
-    pub fn charger_bytes(&self, site: &str, charger: &str) -> Option<Vec<u8>> {
+    pub fn charger_text(&self, site: &str, charger: &str) -> Option<String> {
         self.state
             .read()
             .chargers
             .get(site)
             .and_then(|m| m.get(charger))
-            .map(|c| charger_json_bytes(c))
+            .map(|c| charger_json_text(c))
     }
 
     pub fn zone(&self, site: &str, zone: &str) -> Option<LiveZone> {
@@ -117,13 +117,11 @@ impl Live {
             let mut st = self.state.write();
             for c in chargers {
                 if listening {
-                    if let Ok(data) = String::from_utf8(charger_json_bytes(&c)) {
-                        items.push(LiveItem {
-                            seq: None,
-                            kind: "charger_state".into(),
-                            data,
-                        });
-                    }
+                    items.push(LiveItem {
+                        seq: None,
+                        kind: "charger_state".into(),
+                        data: charger_json_text(&c),
+                    });
                 }
                 match st
                     .chargers
@@ -144,13 +142,11 @@ impl Live {
                     let _ = self.zones_tx.send(z.clone());
                 }
                 if listening {
-                    if let Ok(data) = String::from_utf8(zone_json_bytes(&z)) {
-                        items.push(LiveItem {
-                            seq: None,
-                            kind: "lounge_state".into(),
-                            data,
-                        });
-                    }
+                    items.push(LiveItem {
+                        seq: None,
+                        kind: "lounge_state".into(),
+                        data: zone_json_text(&z),
+                    });
                 }
                 st.zones.insert((z.site.clone(), z.zone.clone()), z);
             }
@@ -179,18 +175,18 @@ pub fn charger_json(c: &LiveCharger) -> serde_json::Value {
     serde_json::to_value(ChargerView::new(c)).unwrap_or_default()
 }
 
-/// [`charger_json`] rendered straight to bytes (the retained state: no `Value` built).
-pub fn charger_json_bytes(c: &LiveCharger) -> Vec<u8> {
-    serde_json::to_vec(&ChargerView::new(c)).unwrap_or_default()
+/// [`charger_json`] rendered straight to text (retained state, SSE: no `Value` built).
+pub fn charger_json_text(c: &LiveCharger) -> String {
+    serde_json::to_string(&ChargerView::new(c)).unwrap_or_default()
 }
 
 pub fn zone_json(z: &LiveZone) -> serde_json::Value {
     serde_json::to_value(ZoneView::new(z)).unwrap_or_default()
 }
 
-/// [`zone_json`] rendered straight to bytes.
-pub fn zone_json_bytes(z: &LiveZone) -> Vec<u8> {
-    serde_json::to_vec(&ZoneView::new(z)).unwrap_or_default()
+/// [`zone_json`] rendered straight to text.
+pub fn zone_json_text(z: &LiveZone) -> String {
+    serde_json::to_string(&ZoneView::new(z)).unwrap_or_default()
 }
 
 // The shapes of the JSON above, serialized without building a `serde_json::Value`. Fields
@@ -423,7 +419,7 @@ mod tests {
             let want = charger_reference(c);
             assert_eq!(charger_json(c), want);
             // Byte for byte, key order included.
-            assert_eq!(charger_json_bytes(c), serde_json::to_vec(&want).unwrap());
+            assert_eq!(charger_json_text(c), serde_json::to_string(&want).unwrap());
         }
         let s = session();
         assert_eq!(session_json(&s), session_reference(&s));
@@ -441,21 +437,21 @@ mod tests {
         };
         assert_eq!(zone_json(&z), zone_reference(&z));
         assert_eq!(
-            zone_json_bytes(&z),
-            serde_json::to_vec(&zone_reference(&z)).unwrap()
+            zone_json_text(&z),
+            serde_json::to_string(&zone_reference(&z)).unwrap()
         );
     }
 
     #[test]
     fn retained_state_renders_under_the_lock() {
         let live = Live::new();
-        assert_eq!(live.charger_bytes("s1", "hpc-1"), None);
+        assert_eq!(live.charger_text("s1", "hpc-1"), None);
         let c = charger(Some(session()));
         live.update(vec![c.clone()], Vec::new());
         assert_eq!(
-            live.charger_bytes("s1", "hpc-1"),
-            Some(charger_json_bytes(&c))
+            live.charger_text("s1", "hpc-1"),
+            Some(charger_json_text(&c))
         );
-        assert_eq!(live.charger_bytes("s1", "hpc-2"), None);
+        assert_eq!(live.charger_text("s1", "hpc-2"), None);
     }
 }

@@ -83,18 +83,21 @@ pub enum StateKey {
 #[derive(Debug)]
 pub enum OutMsg {
     /// A committed event: publish QoS 1, then mark published in the store.
-    Event {
-        seq: i64,
-        topic: String,
-        payload: String,
-        /// When its batch committed (for `evlounge_event_publish_seconds`).
-        committed: Instant,
-    },
+    Event(EventOut),
     /// Retained live state changed (coalesced and rate-limited by the publisher, which
     /// renders it from the live view when it is due: no JSON per message here).
     State { topic: String, key: StateKey },
     /// Dead-letter copy of a rejected message.
     DeadLetter { topic: String, payload: Vec<u8> },
+}
+
+#[derive(Debug)]
+pub struct EventOut {
+    pub seq: i64,
+    pub topic: String,
+    pub payload: String,
+    /// When its batch committed (for `evlounge_event_publish_seconds`).
+    pub committed: Instant,
 }
 
 struct ChargerSlot {
@@ -1136,12 +1139,12 @@ impl Processor {
             if let Some(out) = &self.out {
                 // When the publisher is behind, the event stays unpublished in the store
                 // and its sweep picks it up.
-                let _ = out.try_send(OutMsg::Event {
+                let _ = out.try_send(OutMsg::Event(EventOut {
                     seq: *seq,
                     topic: format!("{prefix}/{}/events/{}", e.site, e.kind.as_str()),
                     payload,
                     committed: Instant::now(),
-                });
+                }));
             }
         }
         // Chargers whose change decides something are shown at once; plain telemetry at most

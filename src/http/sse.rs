@@ -26,7 +26,7 @@ use tokio::sync::broadcast::{self, error::RecvError};
 
 use super::api::bad_request;
 use super::AppState;
-use crate::app::live::{charger_json, zone_json, Live, LiveItem};
+use crate::app::live::{charger_json_text, zone_json_text, Live, LiveItem};
 use crate::store;
 
 /// Events read from the store per query while replaying.
@@ -236,13 +236,11 @@ impl EventStream {
             if !self.filter.matches_ids(&c.site, Some(&c.charger)) {
                 continue;
             }
-            if let Ok(data) = serde_json::to_string(&charger_json(c)) {
-                self.queue.push_back(LiveItem {
-                    seq: None,
-                    kind: "charger_state".into(),
-                    data,
-                });
-            }
+            self.queue.push_back(LiveItem {
+                seq: None,
+                kind: "charger_state".into(),
+                data: charger_json_text(c),
+            });
         }
         // Zones belong to a site, not a bay: a charger filter leaves them out.
         if self.filter.charger.is_none() {
@@ -250,13 +248,11 @@ impl EventStream {
                 if !self.filter.matches_ids(&z.site, None) {
                     continue;
                 }
-                if let Ok(data) = serde_json::to_string(&zone_json(z)) {
-                    self.queue.push_back(LiveItem {
-                        seq: None,
-                        kind: "lounge_state".into(),
-                        data,
-                    });
-                }
+                self.queue.push_back(LiveItem {
+                    seq: None,
+                    kind: "lounge_state".into(),
+                    data: zone_json_text(z),
+                });
             }
         }
     }

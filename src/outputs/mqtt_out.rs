@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use rumqttc::QoS;
 use tokio::sync::watch;
 
-use crate::app::live::{zone_json_bytes, Live};
-use crate::app::processor::{OutMsg, StateKey};
+use crate::app::live::{zone_json_text, Live};
+use crate::app::processor::{EventOut, OutMsg, StateKey};
 use crate::ingest::mqtt::MqttHandle;
 use crate::store;
 
@@ -119,15 +119,7 @@ impl MqttOut {
         states: &mut HashMap<String, StateSlot>,
     ) {
         match m {
-            OutMsg::Event {
-                seq,
-                topic,
-                payload,
-                committed,
-            } => {
-                self.publish_event(seq, topic, payload, committed, conn, published)
-                    .await
-            }
+            OutMsg::Event(e) => self.publish_event(e, conn, published).await,
             OutMsg::State { topic, key } => {
                 let slot = states.entry(topic).or_insert(StateSlot {
                     pending: None,
@@ -149,21 +141,18 @@ impl MqttOut {
 
     async fn publish_event(
         &self,
-        seq: i64,
-        topic: String,
-        payload: String,
-        committed: Instant,
+        e: EventOut,
         conn: &std::sync::Mutex<rusqlite::Connection>,
         published: &mut BTreeSet<i64>,
     ) {
-        if published.contains(&seq) || !self.handle.is_connected() {
+        if published.contains(&e.seq) || !self.handle.is_connected() {
             // Not connected: the sweep publishes it after the reconnect.
             return;
         }
-        if self.publish(topic, payload.into_bytes(), false).await {
+        if self.publish(e.topic, e.payload.into_bytes(), false).await {
             metrics::histogram!("evlounge_event_publish_seconds")
-                .record(committed.elapsed().as_secs_f64());
-            self.mark(conn, &[seq], published);
+                .record(e.committed.elapsed().as_secs_f64());
+            self.mark(conn, &[e.seq], published);
         }
     }
 
@@ -316,15 +305,7 @@ impl MqttOut {
                 tokio::task::yield_now().await;
                 for m in self.rx.try_iter().take(4096) {
                     match m {
-                        OutMsg::Event {
-                            seq,
-                            topic,
-                            payload,
-                            committed,
-                        } => {
-                            self.publish_event(seq, topic, payload, committed, conn, published)
-                                .await
-                        }
+                        OutMsg::Event(e) => self.publish_event(e, conn, published).await,
                         other => later.push(other),
                     }
                 }
@@ -341,9 +322,9 @@ impl MqttOut {
             }
             if let Some(key) = slot.pending.take() {
                 let payload = match &key {
-                    StateKey::Charger(site, id) => self.live.charger_bytes(site, id),
+                    StateKey::Charger(site, id) => self.live.charger_text(site, id),
                     StateKey::Zone(site, zone) => {
-                        self.live.zone(site, zone).map(|z| zone_json_bytes(&z))
+                        self.live.zone(site, zone).map(|z| zone_json_text(&z))
                     }
                 };
                 let Some(payload) = payload else {
