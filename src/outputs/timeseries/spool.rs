@@ -88,9 +88,12 @@ struct State {
 struct Shared {
     dir: PathBuf,
     opts: SpoolOptions,
-    // A blocking mutex: held only for in-memory bookkeeping plus, on ack or when the
-    // bound forces a drop, a small ledger write and unlinks; never across an `.await`.
+    // A blocking mutex held only for in-memory bookkeeping (the writer's `append` takes it
+    // once per record); never across a file-system call or an `.await`.
     state: Mutex<State>,
+    // Serializes the ledger's writers (the reader's ack, the writer's drop of the oldest
+    // segment when the spool is full) across their file work; taken before `state`.
+    ledger: Mutex<()>,
     notify: Notify,
     counters: Counters,
 }
@@ -226,6 +229,7 @@ impl Spool {
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             opts,
+            ledger: Mutex::new(()),
             state: Mutex::new(State {
                 segments,
                 write: Position {
@@ -362,9 +366,17 @@ impl SpoolWriter {
     /// Drops oldest segments until `rec_len` more bytes fit. Returns false when the record
     /// cannot fit even in an empty spool.
     fn make_room(&mut self, rec_len: u64) -> io::Result<bool> {
+        let max = self.shared.opts.max_bytes;
+        let fits = |st: &State| st.bytes + rec_len <= max;
+        // The common case without the ledger lock: the reader's ack may hold that one over
+        // its file work, and an append must not wait for it.
+        if fits(&self.shared.state.lock()) {
+            return Ok(true);
+        }
         loop {
+            let ledger = self.shared.ledger.lock();
             let mut st = self.shared.state.lock();
-            if st.bytes + rec_len <= self.shared.opts.max_bytes {
+            if fits(&st) {
                 return Ok(true);
             }
             let Some((&oldest, &size)) = st.segments.first_key_value() else {
@@ -376,6 +388,7 @@ impl SpoolWriter {
                 }
                 // Everything is in the write segment: close it so it can be dropped.
                 drop(st);
+                drop(ledger);
                 self.rotate()?;
                 continue;
             }
@@ -384,7 +397,6 @@ impl SpoolWriter {
             } else {
                 0
             };
-            let points = count_lines_in_segment(&self.shared.dir, oldest, from, size);
             let next = st
                 .segments
                 .range(oldest + 1..)
@@ -400,10 +412,13 @@ impl SpoolWriter {
             }
             let ack = st.ack;
             publish_gauges(&st);
-            // Keep the lock over ledger + unlink so the reader's ack cannot interleave.
-            let ledger = write_ledger(&self.shared.dir, ack);
-            let unlink = remove_segment(&self.shared.dir, oldest);
             drop(st);
+            // The file work under the ledger lock only, so the reader's ack cannot
+            // interleave (nor unlink the segment before it is counted).
+            let points = count_lines_in_segment(&self.shared.dir, oldest, from, size);
+            let written = write_ledger(&self.shared.dir, ack);
+            let unlink = remove_segment(&self.shared.dir, oldest);
+            drop(ledger);
             tracing::warn!(
                 segment = oldest,
                 bytes = size,
@@ -412,7 +427,7 @@ impl SpoolWriter {
                 "tsdb spool full: dropped the oldest segment"
             );
             self.count_dropped(points, size - from.min(size));
-            ledger?;
+            written?;
             unlink?;
         }
     }
@@ -584,38 +599,46 @@ impl SpoolReader {
     /// Acknowledges everything before `pos`: advances the ledger and deletes segments
     /// that are wholly acknowledged.
     pub fn ack(&mut self, pos: Position) -> io::Result<()> {
-        let mut st = self.shared.state.lock();
-        if pos <= st.ack {
-            return Ok(());
-        }
-        st.ack = pos;
-        let mut removed = Vec::new();
-        while let Some((&id, &size)) = st.segments.first_key_value() {
-            let done = id < st.ack.segment
-                || (id == st.ack.segment && st.ack.offset >= size && id != st.write.segment);
-            if !done {
-                break;
+        // The file work (ledger, unlinks) happens after the lock is released: the commit
+        // thread's `append` takes the same lock, and must not wait behind file-system calls
+        // on the sink's task. Safe because only this (single) reader writes the ledger and
+        // removes segments, and never the segment being written.
+        let _ledger = self.shared.ledger.lock();
+        let (ack, removed) = {
+            let mut st = self.shared.state.lock();
+            if pos <= st.ack {
+                return Ok(());
             }
-            st.segments.remove(&id);
-            st.bytes -= size;
-            removed.push(id);
-            if id == st.ack.segment {
-                let next = st
-                    .segments
-                    .keys()
-                    .next()
-                    .copied()
-                    .unwrap_or(st.write.segment);
-                st.ack = Position {
-                    segment: next,
-                    offset: 0,
-                };
+            st.ack = pos;
+            let mut removed = Vec::new();
+            while let Some((&id, &size)) = st.segments.first_key_value() {
+                let done = id < st.ack.segment
+                    || (id == st.ack.segment && st.ack.offset >= size && id != st.write.segment);
+                if !done {
+                    break;
+                }
+                st.segments.remove(&id);
+                st.bytes -= size;
+                removed.push(id);
+                if id == st.ack.segment {
+                    let next = st
+                        .segments
+                        .keys()
+                        .next()
+                        .copied()
+                        .unwrap_or(st.write.segment);
+                    st.ack = Position {
+                        segment: next,
+                        offset: 0,
+                    };
+                }
             }
-        }
-        publish_gauges(&st);
+            publish_gauges(&st);
+            (st.ack, removed)
+        };
         // The ledger goes first: a crash between the two leaves an acknowledged segment
         // that the next open deletes, never a ledger pointing into deleted data.
-        write_ledger(&self.shared.dir, st.ack)?;
+        write_ledger(&self.shared.dir, ack)?;
         for id in removed {
             remove_segment(&self.shared.dir, id)?;
         }

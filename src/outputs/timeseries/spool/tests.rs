@@ -207,6 +207,32 @@ fn full_spool_drops_the_oldest_segment_and_counts_its_points() {
 }
 
 #[test]
+fn an_append_does_not_wait_for_the_readers_ledger_work() {
+    // The reader's ack writes the ledger and unlinks segments under the ledger lock; the
+    // commit thread's append must go through meanwhile (it only takes the state lock).
+    let d = tempfile::tempdir().unwrap();
+    let (mut w, mut r) = Spool::open(d.path(), DEFAULT_MAX_BYTES).unwrap();
+    w.append(&rec(1, 1)).unwrap();
+    let shared = w.shared.clone();
+    let held = shared.ledger.lock();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        let res = w.append(&rec(2, 1)).and_then(|_| w.sync());
+        let _ = tx.send(res.is_ok());
+        w
+    });
+    let appended = rx.recv_timeout(std::time::Duration::from_secs(10));
+    drop(held);
+    let _w = t.join().unwrap();
+    assert_eq!(appended, Ok(true), "append blocked behind the ledger lock");
+    // And the ack (which takes that lock) works after it is released.
+    let (body, pos) = read_all(&mut r);
+    assert_eq!(body, [rec(1, 1), rec(2, 1)].concat());
+    r.ack(pos.unwrap()).unwrap();
+    assert!(SpoolStats(shared).is_drained());
+}
+
+#[test]
 fn record_bigger_than_the_bound_is_dropped_not_stored() {
     let d = tempfile::tempdir().unwrap();
     let (mut w, mut r) = Spool::open_with(d.path(), opts(64, 32)).unwrap();
