@@ -2,6 +2,7 @@
 //! committed events and state changes for the SSE stream. Written by the commit thread only.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use parking_lot::RwLock;
 use serde::Serialize;
@@ -26,7 +27,10 @@ pub struct LiveState {
     /// (no key allocated per update, as a `(String, String)` key would need).
     /// Boxed values: B-tree nodes hold eleven entries each, inline, and a node half full of
     /// half-kilobyte chargers wastes more than the boxes cost.
-    pub chargers: BTreeMap<String, BTreeMap<String, Box<LiveCharger>>>,
+    // Behind an `Arc` each, so a reader takes the read lock only to clone pointers and
+    // renders or copies outside it: a reader preempted while holding the lock (a busy
+    // runtime worker) would hold up the commit thread's `update`.
+    pub chargers: BTreeMap<String, BTreeMap<String, Arc<LiveCharger>>>,
     pub zones: BTreeMap<(String, String), LiveZone>,
 }
 
@@ -72,26 +76,33 @@ impl Live {
     }
 
     pub fn chargers(&self) -> Vec<LiveCharger> {
-        self.state.read().charger_values().cloned().collect()
+        let all: Vec<Arc<LiveCharger>> = self
+            .state
+            .read()
+            .chargers
+            .values()
+            .flat_map(|m| m.values().cloned())
+            .collect();
+        all.iter().map(|c| (**c).clone()).collect()
+    }
+
+    fn charger_arc(&self, site: &str, charger: &str) -> Option<Arc<LiveCharger>> {
+        self.state
+            .read()
+            .chargers
+            .get(site)
+            .and_then(|m| m.get(charger))
+            .cloned()
     }
 
     pub fn charger(&self, site: &str, charger: &str) -> Option<LiveCharger> {
-        self.state
-            .read()
-            .chargers
-            .get(site)
-            .and_then(|m| m.get(charger))
-            .map(|c| (**c).clone())
+        self.charger_arc(site, charger).map(|c| (*c).clone())
     }
 
-    /// A charger's retained-state JSON, rendered under the read lock (no clone).
+    /// A charger's retained-state JSON, rendered outside the lock from its shared entry.
     pub fn charger_text(&self, site: &str, charger: &str) -> Option<String> {
-        self.state
-            .read()
-            .chargers
-            .get(site)
-            .and_then(|m| m.get(charger))
-            .map(|c| charger_json_text(c))
+        self.charger_arc(site, charger)
+            .map(|c| charger_json_text(&c))
     }
 
     pub fn zone(&self, site: &str, zone: &str) -> Option<LiveZone> {
@@ -128,12 +139,16 @@ impl Live {
                     .get_mut(c.site.as_str())
                     .and_then(|m| m.get_mut(c.charger.as_str()))
                 {
-                    Some(slot) => **slot = c,
+                    // In place unless a reader still holds the previous entry.
+                    Some(slot) => match Arc::get_mut(slot) {
+                        Some(entry) => *entry = c,
+                        None => *slot = Arc::new(c),
+                    },
                     None => {
                         st.chargers
                             .entry(c.site.clone())
                             .or_default()
-                            .insert(c.charger.clone(), Box::new(c));
+                            .insert(c.charger.clone(), Arc::new(c));
                     }
                 }
             }
@@ -443,7 +458,32 @@ mod tests {
     }
 
     #[test]
-    fn retained_state_renders_under_the_lock() {
+    fn a_reader_keeps_its_entry_while_an_update_replaces_it() {
+        let live = Live::new();
+        let first = charger(None);
+        live.update(vec![first.clone()], Vec::new());
+        // A reader (a render in progress) holds the entry outside the lock ...
+        let held = live.charger_arc("s1", "hpc-1").unwrap();
+        let second = LiveCharger {
+            soc_pct: Some(79.5),
+            ..charger(None)
+        };
+        // ... the update does not wait for it, and it still sees what it took.
+        live.update(vec![second.clone()], Vec::new());
+        assert_eq!(held.soc_pct, first.soc_pct);
+        assert_eq!(live.charger("s1", "hpc-1").unwrap().soc_pct, Some(79.5));
+        drop(held);
+        // Without a reader the entry is updated in place.
+        let before = Arc::as_ptr(&live.charger_arc("s1", "hpc-1").unwrap());
+        live.update(vec![first.clone()], Vec::new());
+        let after = live.charger_arc("s1", "hpc-1").unwrap();
+        assert_eq!(Arc::as_ptr(&after), before);
+        assert_eq!(after.soc_pct, first.soc_pct);
+        assert_eq!(live.chargers().len(), 1);
+    }
+
+    #[test]
+    fn retained_state_renders_from_the_shared_entry() {
         let live = Live::new();
         assert_eq!(live.charger_text("s1", "hpc-1"), None);
         let c = charger(Some(session()));
