@@ -235,6 +235,25 @@ fn snapshot_due(now: i64, saved: i64, phase: i64, within_budget: bool) -> bool {
 
 /// Slot `i`'s snapshot phase: consecutive slots (chargers registered together) land
 /// `7919 ms` apart modulo the interval, which visits every ms of it (7919 is prime).
+/// How many chargers' timers a batch steps when `elapsed` has passed since the time ticked
+/// so far, and how much of `elapsed` that accounts for: every charger once per [`TICK`],
+/// spread over the batches in between instead of all 10k in one batch every 500 ms (a
+/// stall of milliseconds for whichever message arrived then). A share that rounds down to
+/// nothing carries its time to the next batch; a thread that fell a whole round behind
+/// ticks everyone once and starts afresh.
+fn tick_share(chargers: usize, elapsed: Duration) -> (usize, Duration) {
+    if chargers == 0 {
+        return (0, elapsed);
+    }
+    let tick = TICK.as_nanos();
+    let share = chargers as u128 * elapsed.as_nanos() / tick;
+    if share >= chargers as u128 {
+        return (chargers, elapsed);
+    }
+    let accounted = tick * share / chargers as u128;
+    (share as usize, Duration::from_nanos(accounted as u64))
+}
+
 fn snapshot_phase(i: usize) -> i64 {
     (i as i64).wrapping_mul(7919).rem_euclid(SNAPSHOT_EVERY_MS)
 }
@@ -310,7 +329,10 @@ pub struct Processor {
     out: Option<flume::Sender<OutMsg>>,
     last_log: HashMap<&'static str, Instant>,
     suppressed: HashMap<&'static str, u64>,
+    /// Time up to which the chargers' timers have been ticked (see [`tick_share`]).
     last_tick: Instant,
+    /// The next charger to tick.
+    tick_cursor: usize,
     /// Points from other tasks (notification outcomes) that go through the spool too.
     extra_points: Option<flume::Receiver<Point>>,
     /// The batch's pending effects, reused across batches.
@@ -386,6 +408,7 @@ impl Processor {
             last_log: HashMap::new(),
             suppressed: HashMap::new(),
             last_tick: Instant::now(),
+            tick_cursor: 0,
             extra_points: None,
             scratch: Pending::default(),
             live_queue: std::collections::VecDeque::new(),
@@ -569,9 +592,8 @@ impl Processor {
                 continue;
             }
             let started = Instant::now();
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.process(&mut batch, tick_due)
-            }));
+            let result =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.process(&mut batch)));
             match result {
                 Ok(Ok(())) => {
                     batch.clear();
@@ -655,7 +677,7 @@ impl Processor {
         self.resume()
     }
 
-    fn process(&mut self, batch: &mut [Inbound], tick: bool) -> Result<(), StoreError> {
+    fn process(&mut self, batch: &mut [Inbound]) -> Result<(), StoreError> {
         let now_wall = crate::util::time::now_ms();
         let started = Instant::now();
         // Left cleared by the previous batch (or empty, after a panic took it).
@@ -665,10 +687,7 @@ impl Processor {
             self.handle(m, &mut pending);
         }
         let decided = started.elapsed();
-        if tick {
-            self.last_tick = Instant::now();
-            self.tick(now_wall, &mut pending);
-        }
+        let ticked_chargers = self.tick(now_wall, &mut pending);
         self.release_held_back(now_wall, &mut pending);
         let ticked = started.elapsed();
         if let Some(rx) = &self.extra_points {
@@ -687,12 +706,13 @@ impl Processor {
                 messages = batch.len(),
                 dirty,
                 points,
-                tick,
+                ticked = ticked_chargers,
                 decide_ms = ms(decided),
                 tick_ms = ms(ticked - decided),
                 body_ms = ms(times.body),
                 append_ms = ms(times.append),
                 sync_ms = ms(times.sync),
+                spool_sync_ms = ms(times.spool_sync),
                 show_ms = ms(times.show),
                 total_ms = ms(total),
                 "slow batch"
@@ -999,8 +1019,16 @@ impl Processor {
     }
 
     /// Advances every charger's clock by the wall time since its last message.
-    fn tick(&mut self, now_wall: i64, p: &mut Pending) {
-        for (i, slot) in self.chargers.slots.iter_mut().enumerate() {
+    /// Steps the timers of this batch's share of the chargers (see [`tick_share`]); returns
+    /// how many.
+    fn tick(&mut self, now_wall: i64, p: &mut Pending) -> usize {
+        let n = self.chargers.slots.len();
+        let (share, accounted) = tick_share(n, self.last_tick.elapsed());
+        self.last_tick += accounted;
+        for _ in 0..share {
+            let i = self.tick_cursor % n;
+            self.tick_cursor = (i + 1) % n;
+            let slot = &mut self.chargers.slots[i];
             let Some(last_ts) = slot.machine.last_ts() else {
                 continue;
             };
@@ -1012,6 +1040,7 @@ impl Processor {
                 settle(slot, i, step.effects, p);
             }
         }
+        share
     }
 
     /// Commits the batch; returns where its time went.
@@ -1106,6 +1135,7 @@ impl Processor {
         if let Some(sink) = sink {
             sink.sync()?;
         }
+        let spool_sync = syncing.elapsed();
         tx.commit()?;
         let sync = syncing.elapsed();
         self.meters.sync.record(sync.as_secs_f64());
@@ -1190,6 +1220,7 @@ impl Processor {
         Ok(CommitTimes {
             body,
             append,
+            spool_sync,
             sync,
             show: shown_from.elapsed(),
         })
@@ -1197,11 +1228,13 @@ impl Processor {
 }
 
 /// Where a commit's time went (for the slow-batch log): the transaction's statements, the
-/// spool append, the spool fdatasync plus the COMMIT, and the publishing afterwards.
+/// spool append, the spool fdatasync plus the COMMIT (`spool_sync`: the fdatasync alone),
+/// and the publishing afterwards.
 #[derive(Default, Clone, Copy)]
 struct CommitTimes {
     body: Duration,
     append: Duration,
+    spool_sync: Duration,
     sync: Duration,
     show: Duration,
 }
@@ -1280,6 +1313,38 @@ mod tests {
     fn a_clock_stepped_back_counts_as_long_ago() {
         assert_eq!(since(1_000, 400), 600);
         assert_eq!(since(400, 1_000), i64::MAX);
+    }
+
+    #[test]
+    fn ticks_are_spread_over_the_batches_and_reach_every_charger_each_round() {
+        assert_eq!(tick_share(0, TICK), (0, TICK));
+        // Too little time for one charger: nothing, and the time carries over.
+        assert_eq!(tick_share(3, TICK / 10), (0, Duration::ZERO));
+        assert_eq!(tick_share(3, TICK), (3, TICK));
+        // A round behind: everyone once, then start afresh.
+        assert_eq!(tick_share(3, TICK * 4), (3, TICK * 4));
+        // 10k chargers, a batch every 1.3 ms: each batch ticks a small share, and over each
+        // round of TICK every charger is ticked once.
+        let n = 10_000;
+        let (mut ticked, mut from, mut now) = (0usize, Duration::ZERO, Duration::ZERO);
+        let mut most = 0;
+        let mut rounds = Vec::new();
+        while now < TICK * 4 {
+            now += Duration::from_micros(1300);
+            let (share, accounted) = tick_share(n, now - from);
+            from += accounted;
+            most = most.max(share);
+            ticked += share;
+            if now.as_nanos() % TICK.as_nanos() < Duration::from_micros(1300).as_nanos() {
+                rounds.push(ticked);
+            }
+        }
+        assert!(most <= 27, "a batch ticked {most} chargers");
+        for (k, t) in rounds.iter().enumerate() {
+            let want = (k + 1) * n;
+            assert!(t.abs_diff(want) <= 26, "after round {}: {t} ticked", k + 1);
+        }
+        assert!(!rounds.is_empty());
     }
 
     #[test]
