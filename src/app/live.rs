@@ -25,11 +25,10 @@ pub struct LiveItem {
 pub struct LiveState {
     /// Site, then charger: an update finds its entry by `&str` and overwrites it in place
     /// (no key allocated per update, as a `(String, String)` key would need).
-    /// Boxed values: B-tree nodes hold eleven entries each, inline, and a node half full of
-    /// half-kilobyte chargers wastes more than the boxes cost.
-    // Behind an `Arc` each, so a reader takes the read lock only to clone pointers and
-    // renders or copies outside it: a reader preempted while holding the lock (a busy
-    // runtime worker) would hold up the commit thread's `update`.
+    /// Values behind an `Arc` each: a reader takes the read lock only to clone pointers and
+    /// renders or copies outside it (a reader preempted while holding the lock, on a busy
+    /// runtime worker, would hold up the commit thread's `update`); and B-tree nodes hold
+    /// eleven entries each, inline, so half-kilobyte chargers would waste node space.
     pub chargers: BTreeMap<String, BTreeMap<String, Arc<LiveCharger>>>,
     pub zones: BTreeMap<(String, String), LiveZone>,
 }
@@ -458,7 +457,7 @@ mod tests {
     }
 
     #[test]
-    fn a_reader_keeps_its_entry_while_an_update_replaces_it() {
+    fn a_held_entry_is_replaced_not_changed_and_a_free_one_updated_in_place() {
         let live = Live::new();
         let first = charger(None);
         live.update(vec![first.clone()], Vec::new());
@@ -468,7 +467,7 @@ mod tests {
             soc_pct: Some(79.5),
             ..charger(None)
         };
-        // ... the update does not wait for it, and it still sees what it took.
+        // ... the update replaces the entry, and the reader still sees what it took.
         live.update(vec![second.clone()], Vec::new());
         assert_eq!(held.soc_pct, first.soc_pct);
         assert_eq!(live.charger("s1", "hpc-1").unwrap().soc_pct, Some(79.5));

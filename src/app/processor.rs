@@ -233,8 +233,6 @@ fn snapshot_due(now: i64, saved: i64, phase: i64, within_budget: bool) -> bool {
     within_budget && window(now) > window(saved)
 }
 
-/// Slot `i`'s snapshot phase: consecutive slots (chargers registered together) land
-/// `7919 ms` apart modulo the interval, which visits every ms of it (7919 is prime).
 /// How many chargers' timers a batch steps when `elapsed` has passed since the time ticked
 /// so far, and how much of `elapsed` that accounts for: every charger once per [`TICK`],
 /// spread over the batches in between instead of all 10k in one batch every 500 ms (a
@@ -254,6 +252,18 @@ fn tick_share(chargers: usize, elapsed: Duration) -> (usize, Duration) {
     (share as usize, Duration::from_nanos(accounted as u64))
 }
 
+/// The slots a share of `share` chargers ticks, from `cursor` on (wrapping round the `n`
+/// slots), and the cursor after them. A cursor left beyond `n` (slots cleared and
+/// re-registered by a reload) starts over within range.
+fn tick_slots(cursor: usize, n: usize, share: usize) -> (impl Iterator<Item = usize>, usize) {
+    let start = if n == 0 { 0 } else { cursor % n };
+    let share = share.min(n);
+    let next = if n == 0 { 0 } else { (start + share) % n };
+    ((0..share).map(move |k| (start + k) % n), next)
+}
+
+/// Slot `i`'s snapshot phase: consecutive slots (chargers registered together) land
+/// `7919 ms` apart modulo the interval, which visits every ms of it (7919 is prime).
 fn snapshot_phase(i: usize) -> i64 {
     (i as i64).wrapping_mul(7919).rem_euclid(SNAPSHOT_EVERY_MS)
 }
@@ -1018,16 +1028,15 @@ impl Processor {
         }
     }
 
-    /// Advances every charger's clock by the wall time since its last message.
     /// Steps the timers of this batch's share of the chargers (see [`tick_share`]); returns
     /// how many.
     fn tick(&mut self, now_wall: i64, p: &mut Pending) -> usize {
         let n = self.chargers.slots.len();
         let (share, accounted) = tick_share(n, self.last_tick.elapsed());
         self.last_tick += accounted;
-        for _ in 0..share {
-            let i = self.tick_cursor % n;
-            self.tick_cursor = (i + 1) % n;
+        let (slots, next) = tick_slots(self.tick_cursor, n, share);
+        self.tick_cursor = next;
+        for i in slots {
             let slot = &mut self.chargers.slots[i];
             let Some(last_ts) = slot.machine.last_ts() else {
                 continue;
@@ -1345,6 +1354,25 @@ mod tests {
             assert!(t.abs_diff(want) <= 26, "after round {}: {t} ticked", k + 1);
         }
         assert!(!rounds.is_empty());
+    }
+
+    #[test]
+    fn tick_shares_visit_the_slots_in_turn_each_once_a_round() {
+        let n = 7;
+        let (mut cursor, mut seen) = (0, Vec::new());
+        for share in [3, 0, 2, 4, 1, 5, 6, 7, 2] {
+            let (slots, next) = tick_slots(cursor, n, share);
+            seen.extend(slots);
+            cursor = next;
+        }
+        let want: Vec<usize> = (0..seen.len()).map(|k| k % n).collect();
+        assert_eq!(seen, want);
+        // Fewer slots than the cursor (a reload re-registered fewer chargers): in range.
+        let (slots, next) = tick_slots(5, 3, 2);
+        assert_eq!(slots.collect::<Vec<_>>(), vec![2, 0]);
+        assert_eq!(next, 1);
+        let (slots, next) = tick_slots(4, 0, 3);
+        assert_eq!((slots.count(), next), (0, 0));
     }
 
     #[test]

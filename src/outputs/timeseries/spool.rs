@@ -89,7 +89,7 @@ struct Shared {
     dir: PathBuf,
     opts: SpoolOptions,
     // A blocking mutex held only for in-memory bookkeeping (the writer's `append` takes it
-    // once per record); never across a file-system call or an `.await`.
+    // twice per record); never across a file-system call or an `.await`.
     state: Mutex<State>,
     // Serializes the ledger's writers (the reader's ack, the writer's drop of the oldest
     // segment when the spool is full) across their file work; taken before `state`.
@@ -599,10 +599,11 @@ impl SpoolReader {
     /// Acknowledges everything before `pos`: advances the ledger and deletes segments
     /// that are wholly acknowledged.
     pub fn ack(&mut self, pos: Position) -> io::Result<()> {
-        // The file work (ledger, unlinks) happens after the lock is released: the commit
-        // thread's `append` takes the same lock, and must not wait behind file-system calls
-        // on the sink's task. Safe because only this (single) reader writes the ledger and
-        // removes segments, and never the segment being written.
+        // The file work (ledger, unlinks) happens after the state lock is released: the
+        // commit thread's `append` takes that lock, and must not wait behind file-system
+        // calls on the sink's task. The ledger lock, held throughout, keeps the writer's
+        // drop of the oldest segment (spool full) from interleaving: ledger writes land in
+        // the order their positions were decided. The segment being written is never removed.
         let _ledger = self.shared.ledger.lock();
         let (ack, removed) = {
             let mut st = self.shared.state.lock();
