@@ -74,15 +74,15 @@ impl Live {
         self.state.read().clone()
     }
 
-    pub fn chargers(&self) -> Vec<LiveCharger> {
-        let all: Vec<Arc<LiveCharger>> = self
-            .state
+    /// Every charger's shared entry, ordered by site and id (pointers cloned under the lock,
+    /// nothing deep-copied).
+    pub fn chargers(&self) -> Vec<Arc<LiveCharger>> {
+        self.state
             .read()
             .chargers
             .values()
             .flat_map(|m| m.values().cloned())
-            .collect();
-        all.iter().map(|c| (**c).clone()).collect()
+            .collect()
     }
 
     fn charger_arc(&self, site: &str, charger: &str) -> Option<Arc<LiveCharger>> {

@@ -63,7 +63,7 @@ async fn metrics(State(st): State<AppState>) -> Response {
 }
 
 async fn chargers(State(st): State<AppState>) -> Json<serde_json::Value> {
-    let list: Vec<_> = st.live.chargers().iter().map(charger_json).collect();
+    let list: Vec<_> = st.live.chargers().iter().map(|c| charger_json(c)).collect();
     Json(json!({ "chargers": list }))
 }
 

@@ -139,7 +139,10 @@ async fn usage(
         set.extend(s.chargers.iter().map(|c| c.charger.clone()));
     }
     for c in st.live.chargers() {
-        sites.entry(c.site).or_default().insert(c.charger);
+        sites
+            .entry(c.site.clone())
+            .or_default()
+            .insert(c.charger.clone());
     }
     for s in &sessions {
         sites
