@@ -1102,6 +1102,17 @@ async fn daemon_ingest(
     })
 }
 
+impl IngestRun {
+    /// This run's rate as a share of `ceiling`'s (0 when the ceiling measured nothing).
+    fn ratio_to(&self, ceiling: &IngestRun) -> f64 {
+        if ceiling.rate > 0.0 {
+            self.rate / ceiling.rate
+        } else {
+            0.0
+        }
+    }
+}
+
 /// The run with the median rate (the upper one of the middle two for an even count).
 fn median_run(mut runs: Vec<IngestRun>) -> IngestRun {
     runs.sort_by(|a, b| a.rate.total_cmp(&b.rate));
@@ -1147,13 +1158,9 @@ async fn bench_ingest(r: &mut Report) -> anyhow::Result<()> {
             .map(|(c, d)| format!("{:.0}/{:.0}", d.rate, c.rate))
             .collect::<Vec<_>>()
             .join(", ");
-        let round_ratios: Vec<f64> = cs
-            .iter()
-            .zip(&ds)
-            .map(|(c, d)| if c.rate > 0.0 { d.rate / c.rate } else { 0.0 })
-            .collect();
+        let round_ratios: Vec<f64> = cs.iter().zip(&ds).map(|(c, d)| d.ratio_to(c)).collect();
         let (c, dm) = (median_run(cs), median_run(ds));
-        let ratio = if c.rate > 0.0 { dm.rate / c.rate } else { 0.0 };
+        let ratio = dm.ratio_to(&c);
         let lost = dm.published.saturating_sub(dm.received);
         r.add(
             &format!("ceiling_qos{qos}"),
@@ -1222,7 +1229,7 @@ async fn bench_ingest(r: &mut Report) -> anyhow::Result<()> {
                     r.add(
                         "daemon_ratio_qos0_no_tsdb",
                         "daemon (no TSDB output) / ceiling, QoS 0",
-                        Some(if c.rate > 0.0 { x.rate / c.rate } else { 0.0 }),
+                        Some(x.ratio_to(&c)),
                         "",
                         None,
                         "",
