@@ -4,6 +4,7 @@
 //! connection) → say goodbye to the broker → flush time series (the rest stays in the
 //! spool) → stop HTTP → exit.
 
+pub mod acker;
 pub mod live;
 pub mod processor;
 pub mod wiring;

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
+use crate::app::acker::{Ack, AckFn, AckJob, Acker, SyncFn};
 use crate::app::live::Live;
 use crate::config::Config;
 use crate::domain::charger::{ChargerInput, ChargerMachine, Effect};
@@ -32,7 +33,12 @@ use crate::store::{self, StoreError};
 pub trait PointSink: Send {
     /// Appends line protocol (whole lines).
     fn append(&mut self, lines: &[u8]) -> std::io::Result<()>;
+    /// Makes what was appended durable.
     fn sync(&mut self) -> std::io::Result<()>;
+    /// Does the same from another thread (the ack thread's), while this one appends on.
+    fn syncer(&self) -> Option<SyncFn> {
+        None
+    }
 }
 
 /// Called inside the commit transaction (the notification outbox).
@@ -335,7 +341,6 @@ pub struct Processor {
     hook: Option<Box<dyn CommitHook>>,
     adapters: Vec<crate::ingest::Source>,
     live: Arc<Live>,
-    mqtt: Option<MqttHandle>,
     out: Option<flume::Sender<OutMsg>>,
     last_log: HashMap<&'static str, Instant>,
     suppressed: HashMap<&'static str, u64>,
@@ -352,6 +357,10 @@ pub struct Processor {
     live_queue: std::collections::VecDeque<(usize, i64)>,
     /// The WAL's size as the checkpointer saw it (see `store::WalWatch`).
     wal: Option<store::WalWatch>,
+    /// Where acks go (the broker); none without QoS 1 intake.
+    ack_to: Option<AckFn>,
+    /// While `run` runs: the ack thread, which also syncs the spool.
+    acker: Option<Acker>,
 }
 
 /// What one batch produced before commit.
@@ -413,7 +422,6 @@ impl Processor {
             hook: None,
             adapters,
             live,
-            mqtt: None,
             out: None,
             last_log: HashMap::new(),
             suppressed: HashMap::new(),
@@ -423,6 +431,8 @@ impl Processor {
             scratch: Pending::default(),
             live_queue: std::collections::VecDeque::new(),
             wal: None,
+            ack_to: None,
+            acker: None,
         };
         p.register_configured();
         p.resume()?;
@@ -450,8 +460,15 @@ impl Processor {
     }
 
     pub fn with_mqtt(mut self, mqtt: MqttHandle, out: flume::Sender<OutMsg>) -> Self {
-        self.mqtt = Some(mqtt);
+        let acks = mqtt.clone();
+        self.ack_to = Some(Arc::new(move |a: &Ack| acks.ack(a)));
         self.out = Some(out);
+        self
+    }
+
+    /// Where the acks go instead of the broker (tests).
+    pub fn with_acks(mut self, ack: AckFn) -> Self {
+        self.ack_to = Some(ack);
         self
     }
 
@@ -565,6 +582,18 @@ impl Processor {
 
     /// Runs until the inbound channel is closed and drained.
     pub fn run(mut self, rx: flume::Receiver<Inbound>) {
+        if let Some(ack) = self.ack_to.clone() {
+            let sync = self.sink.as_ref().and_then(|s| s.syncer());
+            match Acker::start(sync, ack) {
+                Ok(a) => self.acker = Some(a),
+                Err(e) => {
+                    // Not expected (a thread spawn); the broker would stop sending without
+                    // acks, so there is nothing to run.
+                    tracing::error!(error = %e, "starting the ack thread failed");
+                    return;
+                }
+            }
+        }
         let mut batch: Vec<Inbound> = Vec::with_capacity(BATCH_MAX);
         // Messages of a batch that panicked, retried one at a time to find the poison one.
         let mut singles: std::collections::VecDeque<Inbound> = std::collections::VecDeque::new();
@@ -611,6 +640,11 @@ impl Processor {
                     backoff.reset();
                 }
                 Ok(Err(e)) => {
+                    // Its commit may have gone through while its points did not (see
+                    // `commit`): the retry writes them again.
+                    for m in batch.iter_mut() {
+                        m.redelivered = true;
+                    }
                     failures += 1;
                     metrics::counter!("evlounge_commit_failures_total").increment(1);
                     if failures == 1 || failures % 20 == 0 {
@@ -638,12 +672,10 @@ impl Processor {
                         tracing::error!(error = %e, "reloading state after a panic failed");
                     }
                     if batch.len() == 1 {
-                        let m = &batch[0];
-                        tracing::error!(topic = %m.topic, "a message made the decider panic; skipped");
+                        tracing::error!(topic = %batch[0].topic, "a message made the decider panic; skipped");
                         metrics::counter!("evlounge_decode_errors_total", "reason" => "panic", "adapter" => "evlounge").increment(1);
-                        if let (Some(mqtt), Some(ack)) = (&self.mqtt, &m.ack) {
-                            mqtt.ack(ack);
-                        }
+                        let acks = batch[0].ack.take().into_iter().collect();
+                        self.acknowledge(acks, false);
                     } else {
                         tracing::error!(
                             messages = batch.len(),
@@ -660,6 +692,9 @@ impl Processor {
         }
         if let Err(e) = self.save_unsaved() {
             tracing::error!(error = %e, "saving charger state at shutdown failed");
+        }
+        if let Some(mut acker) = self.acker.take() {
+            acker.finish();
         }
         tracing::info!("commit thread drained");
     }
@@ -728,13 +763,8 @@ impl Processor {
                 "slow batch"
             );
         }
-        if let Some(mqtt) = &self.mqtt {
-            for m in batch.iter() {
-                if let Some(ack) = &m.ack {
-                    mqtt.ack(ack);
-                }
-            }
-        }
+        let acks = batch.iter_mut().filter_map(|m| m.ack.take()).collect();
+        self.acknowledge(acks, times.unsynced);
         let now = crate::util::time::now_ms();
         for m in batch.iter() {
             self.meters
@@ -742,6 +772,37 @@ impl Processor {
                 .record((now - m.recv_ms).max(0) as f64 / 1000.0);
         }
         Ok(())
+    }
+
+    /// Acks a committed batch's messages once its spool lines are durable too: through the
+    /// ack thread, which syncs them (`unsynced`), or here.
+    fn acknowledge(&mut self, acks: Vec<Ack>, unsynced: bool) {
+        let job = AckJob { acks, unsynced };
+        let job = match &self.acker {
+            Some(acker) => match acker.send(job) {
+                Ok(()) => return,
+                Err(job) => {
+                    tracing::error!("the ack thread is gone; acking on the commit thread");
+                    self.acker = None;
+                    job
+                }
+            },
+            None => job,
+        };
+        if job.unsynced {
+            if let Some(sink) = self.sink.as_mut() {
+                if let Err(e) = sink.sync() {
+                    // Unacked, they come again and their lines are written again.
+                    tracing::error!(error = %e, "tsdb spool sync failed; the batch stays unacked");
+                    return;
+                }
+            }
+        }
+        if let Some(ack) = &self.ack_to {
+            for a in &job.acks {
+                ack(a);
+            }
+        }
     }
 
     fn reject(&mut self, m: &Inbound, adapter: &'static str, e: &DecodeError) {
@@ -794,7 +855,7 @@ impl Processor {
                                 m.recv_ms,
                             ),
                         };
-                        self.telemetry(i, &d.value, m.recv_ms, p);
+                        self.telemetry(i, &d.value, m, p);
                         return;
                     }
                     Err(e) => {
@@ -860,7 +921,7 @@ impl Processor {
             },
         };
         for input in inputs {
-            self.apply(input, m.recv_ms, p);
+            self.apply(input, m, p);
         }
     }
 
@@ -891,11 +952,12 @@ impl Processor {
             .insert(ChargerSlot::new(key, meta, machine, now_wall, true))
     }
 
-    fn apply(&mut self, input: Input, recv_ms: i64, p: &mut Pending) {
+    fn apply(&mut self, input: Input, m: &Inbound, p: &mut Pending) {
+        let recv_ms = m.recv_ms;
         match input {
             Input::Telemetry { key, t } => {
                 let i = self.charger_slot(key, recv_ms);
-                self.telemetry(i, &t, recv_ms, p);
+                self.telemetry(i, &t, m, p);
             }
             Input::Availability { key, online, ts } => {
                 let i = self.charger_slot(key, recv_ms);
@@ -969,14 +1031,22 @@ impl Processor {
 
     /// Applies telemetry to the charger in slot `i`; its point is encoded straight into the
     /// batch's line-protocol buffer (when there is a time-series output at all).
-    fn telemetry(&mut self, i: usize, t: &Telemetry, recv_ms: i64, p: &mut Pending) {
+    ///
+    /// A redelivered message the machine had applied already decides nothing again, but its
+    /// point is written again: the commit that applied it may have made the store durable
+    /// and not the spool (a power cut after the commit, before the ack thread synced the
+    /// spool, see `commit`). The TSDB overwrites the same series and timestamp.
+    fn telemetry(&mut self, i: usize, t: &Telemetry, m: &Inbound, p: &mut Pending) {
         let slot = &mut self.chargers.slots[i];
         let step = slot.machine.step(&slot.meta, ChargerInput::Telemetry(t));
         if !step.applied {
             self.meters.out_of_order.increment(1);
-            return;
+            if !m.redelivered {
+                return;
+            }
+        } else {
+            slot.last_wall_ms = m.recv_ms;
         }
-        slot.last_wall_ms = recv_ms;
         if self.sink.is_some() {
             let status = t.status.map(|s| s.as_str()).unwrap_or("unknown");
             let mut line = Line::new(&mut p.lines, "charger");
@@ -992,8 +1062,10 @@ impl Processor {
                 .field("temperature_c", t.temperature_c);
             p.line_count += usize::from(line.finish(t.ts));
         }
-        slot.unsaved = true;
-        settle(slot, i, step.effects, p);
+        if step.applied {
+            slot.unsaved = true;
+            settle(slot, i, step.effects, p);
+        }
     }
 
     /// Shows held-back telemetry whose interval has passed, oldest first, a bounded number
@@ -1131,6 +1203,15 @@ impl Processor {
         // Points go to the spool before the commit: if the commit then fails, the batch is
         // decided again and its points appended again, which the TSDB overwrites (same
         // series and timestamp); the other order could lose them.
+        //
+        // Plain telemetry lines are left to the ack thread to sync, after the commit (the
+        // events go out, and the next batch starts, without waiting for the spool's
+        // fdatasync); the batch is acked after it. Should the store's commit be durable and
+        // the spool's lines not (a power cut in between), the batch was not acked, and its
+        // redelivery writes the lines again (`telemetry`). What a redelivery cannot write
+        // again (session summaries, lounge readings, notification outcomes: `p.points`) is
+        // synced here, before the commit.
+        let beside = p.points.is_empty() && self.acker.as_ref().is_some_and(Acker::syncs);
         let body = started.elapsed();
         if self.sink.is_some() {
             p.line_count += timeseries::encode_points(&p.points, &mut p.lines);
@@ -1141,21 +1222,18 @@ impl Processor {
         }
         let syncing = Instant::now();
         let append = syncing - started - body;
+        let mut unsynced = false;
         if let Some(sink) = sink {
-            sink.sync()?;
+            if beside {
+                unsynced = true;
+            } else {
+                sink.sync()?;
+            }
         }
         let spool_sync = syncing.elapsed();
         tx.commit()?;
         let sync = syncing.elapsed();
         self.meters.sync.record(sync.as_secs_f64());
-        if let Some(wal) = &self.wal {
-            if wal.load(std::sync::atomic::Ordering::Relaxed) > store::WAL_RESET_PAGES {
-                wal.store(0, std::sync::atomic::Ordering::Relaxed);
-                if let Err(e) = store::checkpoint(&self.conn) {
-                    tracing::warn!(error = %e, "checkpoint after commit failed");
-                }
-            }
-        }
         for i in saved {
             let slot = &mut self.chargers.slots[i];
             slot.unsaved = false;
@@ -1226,19 +1304,30 @@ impl Processor {
                 });
             }
         }
+        let show = shown_from.elapsed();
+        if let Some(wal) = &self.wal {
+            if wal.load(std::sync::atomic::Ordering::Relaxed) > store::WAL_RESET_PAGES {
+                wal.store(0, std::sync::atomic::Ordering::Relaxed);
+                if let Err(e) = store::checkpoint(&self.conn) {
+                    tracing::warn!(error = %e, "checkpoint after commit failed");
+                }
+            }
+        }
         Ok(CommitTimes {
             body,
             append,
             spool_sync,
             sync,
-            show: shown_from.elapsed(),
+            show,
+            unsynced,
         })
     }
 }
 
 /// Where a commit's time went (for the slow-batch log): the transaction's statements, the
-/// spool append, the spool fdatasync plus the COMMIT (`spool_sync`: the fdatasync alone),
-/// and the publishing afterwards.
+/// spool append, the spool's fdatasync (when it ran here) plus the COMMIT (`spool_sync`:
+/// the spool's part alone), and the publishing afterwards. And whether the batch left its
+/// spool lines to the ack thread to sync.
 #[derive(Default, Clone, Copy)]
 struct CommitTimes {
     body: Duration,
@@ -1246,6 +1335,7 @@ struct CommitTimes {
     spool_sync: Duration,
     sync: Duration,
     show: Duration,
+    unsynced: bool,
 }
 
 /// After a charger's step: notes what changed, collects its effects (events tied to their
@@ -1424,5 +1514,182 @@ mod tests {
         }
         assert_eq!(per_slice.iter().sum::<usize>(), n);
         assert!(per_slice.iter().all(|&c| c <= 110), "{per_slice:?}");
+    }
+
+    /// What the commit thread and the ack thread did with the points and acks, in order,
+    /// each sync with the number of events the store had committed by then.
+    #[derive(Clone, Default)]
+    struct Recorder {
+        log: Arc<parking_lot::Mutex<Vec<String>>>,
+        lines: Arc<parking_lot::Mutex<Vec<u8>>>,
+        db: Arc<parking_lot::Mutex<Option<std::path::PathBuf>>>,
+        /// This many syncs of the ack thread fail before they succeed.
+        failing_syncs: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Recorder {
+        fn events_now(&self) -> usize {
+            self.db.lock().as_deref().map_or(0, |d| events(d).len())
+        }
+        fn log(&self) -> Vec<String> {
+            self.log.lock().clone()
+        }
+        fn charger_lines(&self) -> Vec<String> {
+            String::from_utf8_lossy(&self.lines.lock())
+                .lines()
+                .filter(|l| l.starts_with("charger,"))
+                .map(str::to_string)
+                .collect()
+        }
+        fn acks(&self) -> AckFn {
+            let log = self.log.clone();
+            Arc::new(move |a: &Ack| log.lock().push(format!("ack {}", a.0.pkid)))
+        }
+    }
+
+    impl PointSink for Recorder {
+        fn append(&mut self, lines: &[u8]) -> std::io::Result<()> {
+            self.log.lock().push("append".into());
+            self.lines.lock().extend_from_slice(lines);
+            Ok(())
+        }
+        fn sync(&mut self) -> std::io::Result<()> {
+            let n = self.events_now();
+            self.log.lock().push(format!("sync events={n}"));
+            Ok(())
+        }
+        fn syncer(&self) -> Option<SyncFn> {
+            let me = self.clone();
+            Some(Box::new(move || {
+                let failing = me.failing_syncs.fetch_update(
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                    |n| n.checked_sub(1),
+                );
+                if failing.is_ok() {
+                    me.log.lock().push("ack-thread sync failed".into());
+                    return Err(std::io::Error::other("injected sync failure"));
+                }
+                let n = me.events_now();
+                me.log.lock().push(format!("ack-thread sync events={n}"));
+                Ok(())
+            }))
+        }
+    }
+
+    fn processor(dir: &std::path::Path, sink: &Recorder) -> Processor {
+        let cfg = crate::config::from_toml_str(&format!(
+            "data_dir = {:?}\n[mqtt]\nurl = \"mqtt://127.0.0.1:1\"\n",
+            dir.display()
+        ))
+        .expect("config");
+        let conn = store::open(dir).expect("store");
+        *sink.db.lock() = Some(dir.to_path_buf());
+        Processor::new(Arc::new(cfg), conn, Arc::new(Live::new()), Vec::new())
+            .expect("processor")
+            .with_sink(Box::new(sink.clone()))
+    }
+
+    fn telemetry(ts: i64, status: &str, power_kw: f64, pkid: u16) -> Inbound {
+        let mut publish =
+            rumqttc::Publish::new("", rumqttc::QoS::AtLeastOnce, Vec::<u8>::new());
+        publish.pkid = pkid;
+        Inbound {
+            topic: "evlounge/s1/charger/c1/telemetry".into(),
+            payload: format!(
+                r#"{{"ts": {ts}, "status": "{status}", "power_kw": {power_kw}, "session_kwh": 1.5}}"#
+            )
+            .into_bytes()
+            .into(),
+            recv_ms: crate::util::time::now_ms(),
+            ack: Some((publish, 0)),
+            redelivered: false,
+        }
+    }
+
+    fn events(dir: &std::path::Path) -> Vec<String> {
+        let conn = store::open_reader(dir).expect("reader");
+        let mut st = conn
+            .prepare("SELECT kind FROM events ORDER BY seq")
+            .expect("query");
+        st.query_map([], |r| r.get(0))
+            .expect("rows")
+            .collect::<Result<_, _>>()
+            .expect("kinds")
+    }
+
+    fn wait_for(sink: &Recorder, entry: &str) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = sink.log();
+            if log.iter().any(|l| l == entry) {
+                return log;
+            }
+            assert!(Instant::now() < deadline, "no {entry:?} in {log:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn telemetry_is_synced_and_acked_after_the_commit_and_a_session_summary_before_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sink = Recorder::default();
+        sink.failing_syncs
+            .store(1, std::sync::atomic::Ordering::SeqCst);
+        let p = processor(dir.path(), &sink).with_acks(sink.acks());
+        let (tx, rx) = flume::unbounded();
+        let commit = std::thread::spawn(move || p.run(rx));
+        let t0 = 1_795_000_000_000;
+
+        // Plugged in and charging: `charging_started` is committed, then the ack thread
+        // syncs the line (retrying a failed sync), then acks.
+        tx.send(telemetry(t0, "charging", 120.0, 1)).expect("send");
+        let log = wait_for(&sink, "ack 1");
+        assert_eq!(
+            log,
+            [
+                "append",
+                "ack-thread sync failed",
+                "ack-thread sync events=1",
+                "ack 1"
+            ]
+        );
+
+        // Unplugged: the session closes, and its summary point is one a redelivery would
+        // not write again, so the commit thread syncs it before its commit.
+        tx.send(telemetry(t0 + 1_000, "available", 0.0, 2))
+            .expect("send");
+        let log = wait_for(&sink, "ack 2");
+        assert_eq!(log[4..], ["append", "sync events=1", "ack 2"]);
+        assert!(String::from_utf8_lossy(&sink.lines.lock()).contains("charging_session,"));
+        drop(tx);
+        commit.join().expect("commit thread");
+        assert_eq!(events(dir.path()), ["charging_started", "charging_stopped"]);
+    }
+
+    #[test]
+    fn a_redelivered_message_writes_its_point_again_and_decides_nothing_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sink = Recorder::default();
+        let mut p = processor(dir.path(), &sink);
+        let t0 = 1_795_000_000_000;
+        p.process(&mut [telemetry(t0, "charging", 120.0, 1)])
+            .expect("batch");
+        let first = sink.charger_lines();
+        assert_eq!(first.len(), 1);
+        let decided = events(dir.path());
+        assert_eq!(decided, ["charging_started"]);
+
+        // The same message again, published twice: ignored, no point.
+        p.process(&mut [telemetry(t0, "charging", 120.0, 2)])
+            .expect("batch");
+        assert_eq!(sink.charger_lines(), first);
+
+        // Redelivered (DUP): the same point again, the same decisions.
+        let mut again = telemetry(t0, "charging", 120.0, 1);
+        again.redelivered = true;
+        p.process(&mut [again]).expect("batch");
+        assert_eq!(sink.charger_lines(), [first[0].clone(), first[0].clone()]);
+        assert_eq!(events(dir.path()), decided);
     }
 }

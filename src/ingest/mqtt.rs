@@ -26,6 +26,10 @@ pub struct Inbound {
     pub recv_ms: i64,
     /// For QoS > 0: what to ack, and the connection epoch it arrived on.
     pub ack: Option<(Publish, u64)>,
+    /// Sent before and not acked: the broker's DUP flag, or a batch the commit thread
+    /// retries. Its time-series point is written again even when its state was applied
+    /// already (see `Processor::telemetry`).
+    pub redelivered: bool,
 }
 
 /// Shared connection facts: connected flag and the connection epoch.
@@ -264,6 +268,7 @@ impl Ingest {
                         payload: p.payload,
                         recv_ms: crate::util::time::now_ms(),
                         ack,
+                        redelivered: p.dup,
                     };
                     depth.set(tx.len() as f64);
                     // Waits (backpressure) only when the channel is full.
