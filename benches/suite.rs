@@ -1621,11 +1621,20 @@ async fn probe_run(
         sent += 1;
         echo.extend(arrival_ms(&echoes, &i, te).await);
         let t0 = Instant::now();
+        let sent_at = chrono::Utc::now();
         pubc.client
             .publish(&topic, QoS::AtLeastOnce, false, done)
             .await?;
         sent += 1;
-        match arrival_ms(&events, &charger, t0).await {
+        let arrival = arrival_ms(&events, &charger, t0).await;
+        if std::env::var_os("BENCH_TRACE_PROBES").is_some() {
+            // For lining up with the daemon's log (its `event` line is the commit).
+            eprintln!(
+                "probe {charger} sent {} latency_ms {arrival:?}",
+                sent_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+            );
+        }
+        match arrival {
             Some(ms) => lat.push(ms),
             None => missed += 1,
         }

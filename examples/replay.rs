@@ -42,6 +42,7 @@ fn stream(n: usize) -> Vec<Inbound> {
                 // Deterministic: the broker's hop is taken as 20 ms.
                 recv_ms: m.ts_ms + 20,
                 ack: None,
+                redelivered: false,
             });
         }
     }

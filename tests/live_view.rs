@@ -383,3 +383,38 @@ async fn retained_state_is_published_again_after_the_broker_lost_it() {
         "no telemetry after the restart"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_state_is_published_when_more_are_due_than_one_flush_sends() {
+    // More chargers than one flush publishes (256): the rest follow in the next ones,
+    // after the first telemetry and again after the broker lost them all.
+    const N: usize = 600;
+    let mut broker = Mosquitto::start_volatile();
+    let dir = tempfile::tempdir().unwrap();
+    let _d = Daemon::start(dir.path(), &config(&broker));
+    let publ = MqttClient::connect(broker.port, "t-pub-many", &[]).await;
+    let t0 = base_ts();
+    for i in 0..N {
+        publ.publish(
+            &format!("evlounge/milano/charger/c-{i}/telemetry"),
+            msg(t0, "charging", 50.0, 30.0, 0.0),
+        )
+        .await;
+    }
+    publ.wait_acked().await;
+    let all_there = |got: &[Got]| (0..N).all(|i| state_of(got, &format!("c-{i}")).is_some());
+    wait_for_async(
+        "every charger's retained state",
+        Duration::from_secs(30),
+        || async { probe(broker.port).await.filter(|g| all_there(g)) },
+    )
+    .await;
+    drop(publ);
+    broker.restart();
+    wait_for_async(
+        "every charger's retained state again after the broker lost them",
+        Duration::from_secs(30),
+        || async { probe(broker.port).await.filter(|g| all_there(g)) },
+    )
+    .await;
+}

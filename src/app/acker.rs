@@ -1,13 +1,18 @@
-//! The ack thread: acks each batch's QoS 1 messages, in order, once everything the batch
-//! wrote is durable. The store's commit is, before the commit thread hands the batch over;
-//! the spool's lines are synced here, one fdatasync for all the batches that arrived
-//! meanwhile (a group commit), while the commit thread goes on with the next batch and the
-//! events of this one are already out. Backpressure: the hand-over queue is bounded, so a
+//! The ack thread: owns the time-series spool's writer, appends each committed batch's
+//! lines, syncs them (one fdatasync for all the batches that arrived meanwhile: a group
+//! commit), and then acks the batches' QoS 1 messages, in order. The commit thread hands a
+//! batch over after its store commit and goes on with the next one; the batch's events are
+//! out before its lines reach the disk. Backpressure: the hand-over queue is bounded, so a
 //! disk that stalls stops intake instead of growing memory.
 //!
-//! A power cut between a batch's store commit and the spool's sync loses lines the store
-//! already applied; the batch was not acked, so the broker redelivers it (DUP) and the
-//! commit thread writes those lines again (`Processor::telemetry`).
+//! Appends and syncs on one thread never overlap: on ext4 an append that extends the file
+//! waits for a concurrent fdatasync's write of the inode, which put up to 30 ms on the
+//! commit thread when it appended itself.
+//!
+//! Lines handed over but not yet synced are lost to a crash or a power cut although the
+//! store has the batch; the batch was not acked, so the broker redelivers it (DUP) and the
+//! commit thread writes its lines again (`Processor::telemetry`). Lines a redelivery cannot
+//! write again go through [`Acker::write_durably`] before the commit.
 
 use std::io;
 use std::thread::JoinHandle;
@@ -15,64 +20,80 @@ use std::time::Duration;
 
 use rumqttc::Publish;
 
+use crate::app::processor::PointSink;
 use crate::util::backoff::Backoff;
 
 /// What to ack for one QoS 1 message: the packet, and the connection epoch it arrived on.
 pub type Ack = (Publish, u64);
-/// Makes what was appended to the spool so far durable (see `SpoolSync`).
-pub type SyncFn = Box<dyn FnMut() -> io::Result<()> + Send>;
 /// Sends one ack (see `MqttHandle::ack`).
 pub type AckFn = std::sync::Arc<dyn Fn(&Ack) + Send + Sync>;
 
 /// Batches that may wait for their acks; beyond it the commit thread waits.
 const QUEUE: usize = 64;
-/// At shutdown a sync that keeps failing is given up after this many attempts: the batches
-/// stay unacked and the next run gets them again.
+/// At shutdown, a spool that keeps failing is given up after this many attempts: those
+/// batches stay unacked and the next run gets them again.
 const SHUTDOWN_ATTEMPTS: u32 = 5;
 
-/// One committed batch.
-pub struct AckJob {
-    pub acks: Vec<Ack>,
-    /// The batch appended spool lines that nobody synced yet.
-    pub unsynced: bool,
+/// One batch: its lines, then its acks.
+struct Job {
+    lines: Vec<u8>,
+    acks: Vec<Ack>,
+    /// Told whether the lines are durable (a batch that waits for it before its commit);
+    /// such a job is not retried here: the commit thread retries its batch.
+    reply: Option<flume::Sender<io::Result<()>>>,
 }
 
 pub struct Acker {
-    tx: Option<flume::Sender<AckJob>>,
+    tx: Option<flume::Sender<Job>>,
     thread: Option<JoinHandle<()>>,
-    syncs: bool,
 }
 
 impl Acker {
-    /// Starts the thread. Without `sync`, jobs must not be `unsynced` (nothing syncs them).
-    pub fn start(sync: Option<SyncFn>, ack: AckFn) -> io::Result<Acker> {
+    pub fn start(sink: Option<Box<dyn PointSink>>, ack: AckFn) -> io::Result<Acker> {
         let (tx, rx) = flume::bounded(QUEUE);
-        let syncs = sync.is_some();
         let thread = std::thread::Builder::new()
             .name("acker".into())
-            .spawn(move || run(rx, sync, ack))?;
+            .spawn(move || run(rx, sink, ack))?;
         Ok(Acker {
             tx: Some(tx),
             thread: Some(thread),
-            syncs,
         })
     }
 
-    /// Whether it syncs the spool (so a batch may leave its lines unsynced).
-    pub fn syncs(&self) -> bool {
-        self.syncs
-    }
-
-    /// Hands a committed batch over; waits while the queue is full. Gives the job back
-    /// when the thread is gone.
-    pub fn send(&self, job: AckJob) -> Result<(), AckJob> {
+    /// Hands a committed batch over: its lines are appended and synced, then its messages
+    /// acked. Waits while the queue is full. Gives the lines and acks back when the thread
+    /// is gone.
+    pub fn send(&self, lines: Vec<u8>, acks: Vec<Ack>) -> Result<(), (Vec<u8>, Vec<Ack>)> {
+        let job = Job {
+            lines,
+            acks,
+            reply: None,
+        };
         match &self.tx {
-            Some(tx) => tx.send(job).map_err(|e| e.into_inner()),
-            None => Err(job),
+            Some(tx) => tx.send(job).map_err(|e| {
+                let job = e.into_inner();
+                (job.lines, job.acks)
+            }),
+            None => Err((job.lines, job.acks)),
         }
     }
 
-    /// Lets the thread sync and ack what it holds, and waits for it.
+    /// Appends `lines` after everything handed over before and returns once they are
+    /// synced (with them, everything before).
+    pub fn write_durably(&self, lines: Vec<u8>) -> io::Result<()> {
+        let gone = || io::Error::other("the ack thread is gone");
+        let tx = self.tx.as_ref().ok_or_else(gone)?;
+        let (reply, answer) = flume::bounded(1);
+        tx.send(Job {
+            lines,
+            acks: Vec::new(),
+            reply: Some(reply),
+        })
+        .map_err(|_| gone())?;
+        answer.recv().map_err(|_| gone())?
+    }
+
+    /// Lets the thread write, sync and ack what it holds, and waits for it.
     pub fn finish(&mut self) {
         self.tx = None;
         if let Some(t) = self.thread.take() {
@@ -89,50 +110,84 @@ impl Drop for Acker {
     }
 }
 
-fn run(rx: flume::Receiver<AckJob>, mut sync: Option<SyncFn>, ack: AckFn) {
-    let mut jobs: Vec<AckJob> = Vec::new();
+fn run(rx: flume::Receiver<Job>, mut sink: Option<Box<dyn PointSink>>, ack: AckFn) {
+    let mut jobs: Vec<Job> = Vec::new();
     let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(2));
     let failures = metrics::counter!("evlounge_spool_sync_failures_total");
-    while let Ok(job) = rx.recv() {
-        jobs.push(job);
+    let mut attempts = 0u32;
+    // Appended and not synced since (also across a failed round).
+    let mut unsynced = false;
+    loop {
+        if jobs.is_empty() {
+            match rx.recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => return,
+            }
+        }
         jobs.extend(rx.try_iter());
-        if let Some(sync) = sync.as_mut().filter(|_| jobs.iter().any(|j| j.unsynced)) {
-            let mut attempts = 0u32;
-            loop {
-                match sync() {
-                    Ok(()) => {
-                        if attempts > 0 {
-                            tracing::info!(attempts, "tsdb spool sync recovered");
-                        }
-                        backoff.reset();
-                        break;
+        match write(sink.as_deref_mut(), &mut jobs, &mut unsynced) {
+            Ok(()) => {
+                if attempts > 0 {
+                    tracing::info!(attempts, "tsdb spool writable again");
+                    attempts = 0;
+                    backoff.reset();
+                }
+                for job in jobs.drain(..) {
+                    if let Some(reply) = job.reply {
+                        let _ = reply.send(Ok(()));
                     }
-                    Err(e) => {
-                        attempts += 1;
-                        failures.increment(1);
-                        if attempts == 1 || attempts % 20 == 0 {
-                            tracing::error!(error = %e, attempts, messages = jobs.iter().map(|j| j.acks.len()).sum::<usize>(), "tsdb spool sync failed; retrying (the messages stay unacked)");
-                        }
-                        if rx.is_disconnected() && attempts >= SHUTDOWN_ATTEMPTS {
-                            tracing::error!(
-                                batches = jobs.len(),
-                                "giving up on the spool sync at shutdown; the broker redelivers those messages"
-                            );
-                            return;
-                        }
-                        std::thread::sleep(backoff.next_delay());
-                        // Batches that came meanwhile: the next attempt covers them too.
-                        jobs.extend(rx.try_iter());
+                    for a in &job.acks {
+                        ack(a);
                     }
                 }
             }
-        }
-        for job in jobs.drain(..) {
-            for a in &job.acks {
-                ack(a);
+            Err(e) => {
+                attempts += 1;
+                failures.increment(1);
+                if attempts == 1 || attempts % 20 == 0 {
+                    let messages: usize = jobs.iter().map(|j| j.acks.len()).sum();
+                    tracing::error!(error = %e, attempts, messages, "tsdb spool write failed; retrying (the messages stay unacked)");
+                }
+                // A batch waiting before its commit is retried by the commit thread.
+                for job in jobs.iter_mut() {
+                    if let Some(reply) = job.reply.take() {
+                        let _ = reply.send(Err(io::Error::new(e.kind(), e.to_string())));
+                        job.lines.clear();
+                    }
+                }
+                if rx.is_disconnected() && attempts >= SHUTDOWN_ATTEMPTS {
+                    tracing::error!(
+                        batches = jobs.len(),
+                        "giving up on the tsdb spool at shutdown; the broker redelivers those messages"
+                    );
+                    return;
+                }
+                std::thread::sleep(backoff.next_delay());
             }
         }
     }
+}
+
+/// Appends the jobs' lines not appended yet (emptying them), then syncs when anything is
+/// appended and not synced (in this round or a failed one before).
+fn write(
+    sink: Option<&mut (dyn PointSink + 'static)>,
+    jobs: &mut [Job],
+    unsynced: &mut bool,
+) -> io::Result<()> {
+    let Some(sink) = sink else {
+        return Ok(());
+    };
+    for job in jobs.iter_mut().filter(|j| !j.lines.is_empty()) {
+        sink.append(&job.lines)?;
+        job.lines = Vec::new();
+        *unsynced = true;
+    }
+    if *unsynced {
+        sink.sync()?;
+        *unsynced = false;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -150,100 +205,142 @@ mod tests {
         (p, 1)
     }
 
-    fn job(pkids: &[u16], unsynced: bool) -> AckJob {
-        AckJob {
-            acks: pkids.iter().map(|&i| ack_of(i)).collect(),
-            unsynced,
+    /// Records appends, syncs and acks into one log, in the order they happened.
+    #[derive(Clone, Default)]
+    struct Log {
+        log: Arc<Mutex<Vec<String>>>,
+        failing_syncs: Arc<AtomicUsize>,
+    }
+
+    impl PointSink for Log {
+        fn append(&mut self, lines: &[u8]) -> io::Result<()> {
+            let s = String::from_utf8_lossy(lines).trim().to_string();
+            self.log.lock().push(format!("append {s}"));
+            Ok(())
+        }
+        fn sync(&mut self) -> io::Result<()> {
+            let failing =
+                self.failing_syncs
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            if failing.is_ok() {
+                self.log.lock().push("sync failed".into());
+                return Err(io::Error::other("injected"));
+            }
+            self.log.lock().push("sync".into());
+            Ok(())
         }
     }
 
-    /// Records syncs and acks into one log, in the order they happened.
-    fn recorder(
-        failing: usize,
-    ) -> (SyncFn, AckFn, Arc<Mutex<Vec<String>>>, Arc<AtomicUsize>) {
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let left = Arc::new(AtomicUsize::new(failing));
-        let sync = {
-            let log = log.clone();
-            let left = left.clone();
-            Box::new(move || {
-                if left
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                    .is_ok()
-                {
-                    log.lock().push("sync failed".to_string());
-                    return Err(io::Error::other("injected"));
-                }
-                log.lock().push("sync".to_string());
-                Ok(())
-            }) as SyncFn
-        };
-        let ack = {
-            let log = log.clone();
-            Arc::new(move |a: &Ack| log.lock().push(format!("ack {}", a.0.pkid))) as AckFn
-        };
-        (sync, ack, log, left)
+    impl Log {
+        fn acker(&self) -> Acker {
+            let log = self.log.clone();
+            let ack: AckFn = Arc::new(move |a: &Ack| log.lock().push(format!("ack {}", a.0.pkid)));
+            Acker::start(Some(Box::new(self.clone())), ack).expect("start")
+        }
+        fn entries(&self) -> Vec<String> {
+            self.log.lock().clone()
+        }
+    }
+
+    fn send(a: &Acker, lines: &str, pkids: &[u16]) {
+        let acks = pkids.iter().map(|&i| ack_of(i)).collect();
+        a.send(lines.as_bytes().to_vec(), acks)
+            .map_err(|_| ())
+            .expect("send");
     }
 
     #[test]
-    fn acks_follow_a_sync_that_started_after_their_batch_and_keep_their_order() {
-        let (sync, ack, log, _) = recorder(0);
-        let mut acker = Acker::start(Some(sync), ack).expect("start");
-        assert!(acker.syncs());
-        acker.send(job(&[1, 2], true)).map_err(|_| ()).expect("send");
-        acker.send(job(&[3], false)).map_err(|_| ()).expect("send");
-        acker.send(job(&[4], true)).map_err(|_| ()).expect("send");
-        acker.finish();
-        let log = log.lock().clone();
-        let acks: Vec<&str> = log
-            .iter()
-            .filter(|l| l.starts_with("ack"))
-            .map(String::as_str)
-            .collect();
+    fn a_batch_is_acked_after_its_lines_are_appended_and_synced_in_order() {
+        let log = Log::default();
+        let mut a = log.acker();
+        send(&a, "l1\n", &[1, 2]);
+        send(&a, "", &[3]);
+        send(&a, "l4\n", &[4]);
+        a.finish();
+        let e = log.entries();
+        let pos = |s: &str| e.iter().position(|x| x == s).expect(s);
+        let acks: Vec<&String> = e.iter().filter(|x| x.starts_with("ack")).collect();
         assert_eq!(acks, ["ack 1", "ack 2", "ack 3", "ack 4"]);
-        // Every ack of an unsynced batch comes after a sync that followed its hand-over.
-        let last_sync = log.iter().rposition(|l| l == "sync").expect("a sync");
-        let ack4 = log.iter().position(|l| l == "ack 4").expect("ack 4");
-        assert!(last_sync < ack4, "{log:?}");
-        let first_sync = log.iter().position(|l| l == "sync").expect("a sync");
-        let ack1 = log.iter().position(|l| l == "ack 1").expect("ack 1");
-        assert!(first_sync < ack1, "{log:?}");
+        assert!(pos("append l1") < pos("append l4"), "{e:?}");
+        // Each ack after a sync that followed its batch's append.
+        let sync_after = |append: &str| {
+            let from = pos(append);
+            from + e[from..].iter().position(|x| x == "sync").expect("a sync")
+        };
+        assert!(sync_after("append l1") < pos("ack 1"), "{e:?}");
+        assert!(sync_after("append l4") < pos("ack 4"), "{e:?}");
     }
 
     #[test]
-    fn batches_already_synced_are_acked_without_a_sync() {
-        let (sync, ack, log, _) = recorder(0);
-        let mut acker = Acker::start(Some(sync), ack).expect("start");
-        acker.send(job(&[7], false)).map_err(|_| ()).expect("send");
-        acker.finish();
-        assert_eq!(*log.lock(), ["ack 7"]);
+    fn a_batch_without_lines_is_acked_without_a_sync() {
+        let log = Log::default();
+        let mut a = log.acker();
+        send(&a, "", &[7]);
+        a.finish();
+        assert_eq!(log.entries(), ["ack 7"]);
+    }
+
+    #[test]
+    fn write_durably_returns_after_the_sync_of_everything_before() {
+        let log = Log::default();
+        let mut a = log.acker();
+        send(&a, "l1\n", &[1]);
+        a.write_durably(b"l2\n".to_vec()).expect("durable");
+        let e = log.entries();
+        let pos = |s: &str| e.iter().position(|x| x == s).expect(s);
+        assert!(pos("append l1") < pos("append l2"), "{e:?}");
+        let last_sync = e.iter().rposition(|x| x == "sync").expect("a sync");
+        assert!(pos("append l2") < last_sync, "{e:?}");
+        a.finish();
     }
 
     #[test]
     fn a_failing_sync_is_retried_and_nothing_is_acked_before_it_succeeds() {
-        let (sync, ack, log, _) = recorder(3);
-        let mut acker = Acker::start(Some(sync), ack).expect("start");
-        acker.send(job(&[1], true)).map_err(|_| ()).expect("send");
-        acker.send(job(&[2], true)).map_err(|_| ()).expect("send");
-        acker.finish();
-        let log = log.lock().clone();
-        let first_ack = log.iter().position(|l| l.starts_with("ack")).expect("acks");
+        let log = Log::default();
+        log.failing_syncs.store(3, Ordering::SeqCst);
+        let mut a = log.acker();
+        send(&a, "l1\n", &[1]);
+        send(&a, "l2\n", &[2]);
+        a.finish();
+        let e = log.entries();
+        let acks: Vec<&String> = e.iter().filter(|x| x.starts_with("ack")).collect();
+        assert_eq!(acks, ["ack 1", "ack 2"]);
+        let first_ack = e.iter().position(|l| l.starts_with("ack")).expect("acks");
         assert_eq!(
-            log[..first_ack],
-            ["sync failed", "sync failed", "sync failed", "sync"],
-            "{log:?}"
+            e[..first_ack]
+                .iter()
+                .filter(|s| s.as_str() == "sync failed")
+                .count(),
+            3,
+            "{e:?}"
         );
-        assert_eq!(log[first_ack..], ["ack 1", "ack 2"]);
+        assert_eq!(e[first_ack - 1], "sync", "{e:?}");
+        // Appended once each: a failed sync is retried without appending again.
+        assert_eq!(e.iter().filter(|l| l.as_str() == "append l1").count(), 1);
+        assert_eq!(e.iter().filter(|l| l.as_str() == "append l2").count(), 1);
     }
 
     #[test]
-    fn at_shutdown_a_sync_that_keeps_failing_leaves_its_batches_unacked() {
-        let (sync, ack, log, _) = recorder(usize::MAX);
-        let mut acker = Acker::start(Some(sync), ack).expect("start");
-        acker.send(job(&[1], true)).map_err(|_| ()).expect("send");
-        acker.finish();
-        let log = log.lock().clone();
-        assert!(log.iter().all(|l| l == "sync failed"), "{log:?}");
-        assert!(log.len() >= SHUTDOWN_ATTEMPTS as usize);
+    fn a_failing_durable_write_is_reported_to_the_caller() {
+        let log = Log::default();
+        log.failing_syncs.store(1, Ordering::SeqCst);
+        let mut a = log.acker();
+        assert!(a.write_durably(b"l1\n".to_vec()).is_err());
+        a.write_durably(b"l1\n".to_vec()).expect("the retry");
+        a.finish();
+    }
+
+    #[test]
+    fn at_shutdown_a_spool_that_keeps_failing_leaves_its_batches_unacked() {
+        let log = Log::default();
+        log.failing_syncs.store(usize::MAX, Ordering::SeqCst);
+        let mut a = log.acker();
+        send(&a, "l1\n", &[1]);
+        a.finish();
+        let e = log.entries();
+        assert!(!e.iter().any(|l| l.starts_with("ack")), "{e:?}");
+        assert!(
+            e.iter().filter(|l| l.as_str() == "sync failed").count() >= SHUTDOWN_ATTEMPTS as usize
+        );
     }
 }

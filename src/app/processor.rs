@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-use crate::app::acker::{Ack, AckFn, AckJob, Acker, SyncFn};
+use crate::app::acker::{Ack, AckFn, Acker};
 use crate::app::live::Live;
 use crate::config::Config;
 use crate::domain::charger::{ChargerInput, ChargerMachine, Effect};
@@ -29,16 +29,13 @@ use crate::outputs::timeseries::line_protocol::Line;
 use crate::outputs::timeseries::{self, Point};
 use crate::store::{self, StoreError};
 
-/// Where the batch's time-series points go before the batch is acked (the disk spool).
+/// Where the batch's time-series points go before the batch is acked (the disk spool):
+/// written by the ack thread while `run` runs, by the commit thread otherwise.
 pub trait PointSink: Send {
     /// Appends line protocol (whole lines).
     fn append(&mut self, lines: &[u8]) -> std::io::Result<()>;
     /// Makes what was appended durable.
     fn sync(&mut self) -> std::io::Result<()>;
-    /// Does the same from another thread (the ack thread's), while this one appends on.
-    fn syncer(&self) -> Option<SyncFn> {
-        None
-    }
 }
 
 /// Called inside the commit transaction (the notification outbox).
@@ -321,6 +318,14 @@ impl Meters {
 /// restore.
 const SNAPSHOT_EVERY_MS: i64 = 10_000;
 
+/// A batch that decides nothing (plain telemetry: periodic snapshots only) commits without
+/// its own fsync (`synchronous = NORMAL`: safe from a crash, and made durable by the next
+/// fsync'ed commit); one that decides something (events, sessions, outbox, a state change
+/// that must be saved) always with one (`FULL`), and so does the first batch after this
+/// long without. What a power cut can lose is then at most this much more of plain
+/// telemetry state, on top of [`SNAPSHOT_EVERY_MS`]; never a decision.
+const FULL_SYNC_EVERY: Duration = Duration::from_secs(1);
+
 struct ZoneSlot {
     meta: ZoneMeta,
     machine: ZoneMachine,
@@ -338,6 +343,8 @@ pub struct Processor {
     live_due_ms: i64,
     meters: Meters,
     sink: Option<Box<dyn PointSink>>,
+    /// There is a time-series output (the sink may have moved to the ack thread).
+    points: bool,
     hook: Option<Box<dyn CommitHook>>,
     adapters: Vec<crate::ingest::Source>,
     live: Arc<Live>,
@@ -359,8 +366,15 @@ pub struct Processor {
     wal: Option<store::WalWatch>,
     /// Where acks go (the broker); none without QoS 1 intake.
     ack_to: Option<AckFn>,
-    /// While `run` runs: the ack thread, which also syncs the spool.
+    /// While `run` runs: the ack thread, which writes the spool.
     acker: Option<Acker>,
+    /// The ack thread is gone: `run` stops.
+    broken: bool,
+    /// The connection's `synchronous` setting is FULL (else NORMAL).
+    sync_full: bool,
+    /// When a FULL commit last went through, and how long a batch may go without one.
+    last_full: Instant,
+    full_every: Duration,
 }
 
 /// What one batch produced before commit.
@@ -419,6 +433,7 @@ impl Processor {
             live_due_ms,
             meters: Meters::new(),
             sink: None,
+            points: false,
             hook: None,
             adapters,
             live,
@@ -433,6 +448,10 @@ impl Processor {
             wal: None,
             ack_to: None,
             acker: None,
+            broken: false,
+            sync_full: true,
+            last_full: Instant::now(),
+            full_every: FULL_SYNC_EVERY,
         };
         p.register_configured();
         p.resume()?;
@@ -441,6 +460,7 @@ impl Processor {
 
     pub fn with_sink(mut self, sink: Box<dyn PointSink>) -> Self {
         self.sink = Some(sink);
+        self.points = true;
         self
     }
 
@@ -583,8 +603,7 @@ impl Processor {
     /// Runs until the inbound channel is closed and drained.
     pub fn run(mut self, rx: flume::Receiver<Inbound>) {
         if let Some(ack) = self.ack_to.clone() {
-            let sync = self.sink.as_ref().and_then(|s| s.syncer());
-            match Acker::start(sync, ack) {
+            match Acker::start(self.sink.take(), ack) {
                 Ok(a) => self.acker = Some(a),
                 Err(e) => {
                     // Not expected (a thread spawn); the broker would stop sending without
@@ -675,7 +694,7 @@ impl Processor {
                         tracing::error!(topic = %batch[0].topic, "a message made the decider panic; skipped");
                         metrics::counter!("evlounge_decode_errors_total", "reason" => "panic", "adapter" => "evlounge").increment(1);
                         let acks = batch[0].ack.take().into_iter().collect();
-                        self.acknowledge(acks, false);
+                        self.acknowledge(acks, Vec::new());
                     } else {
                         tracing::error!(
                             messages = batch.len(),
@@ -689,6 +708,9 @@ impl Processor {
                 }
             }
             metrics::histogram!("evlounge_batch_seconds").record(started.elapsed().as_secs_f64());
+            if self.broken {
+                break;
+            }
         }
         if let Err(e) = self.save_unsaved() {
             tracing::error!(error = %e, "saving charger state at shutdown failed");
@@ -701,6 +723,7 @@ impl Processor {
 
     /// Saves every snapshot not saved since its last change (clean shutdown).
     fn save_unsaved(&mut self) -> Result<(), StoreError> {
+        self.set_full(true)?;
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -710,6 +733,17 @@ impl Processor {
             slot.unsaved = false;
         }
         tx.commit()?;
+        Ok(())
+    }
+
+    /// Sets the connection's `synchronous` (outside a transaction only; SQLite refuses it
+    /// inside one).
+    fn set_full(&mut self, full: bool) -> Result<(), StoreError> {
+        if full != self.sync_full {
+            self.conn
+                .pragma_update(None, "synchronous", if full { "FULL" } else { "NORMAL" })?;
+            self.sync_full = full;
+        }
         Ok(())
     }
 
@@ -741,6 +775,13 @@ impl Processor {
         let committed = self.commit(&mut pending, now_wall);
         let dirty = pending.dirty_chargers.len();
         let points = pending.line_count;
+        let lines = match &committed {
+            Ok(t) if t.handed => {
+                let capacity = pending.lines.capacity();
+                std::mem::replace(&mut pending.lines, Vec::with_capacity(capacity))
+            }
+            _ => Vec::new(),
+        };
         pending.clear();
         self.scratch = pending;
         let times = committed?;
@@ -764,7 +805,7 @@ impl Processor {
             );
         }
         let acks = batch.iter_mut().filter_map(|m| m.ack.take()).collect();
-        self.acknowledge(acks, times.unsynced);
+        self.acknowledge(acks, lines);
         let now = crate::util::time::now_ms();
         for m in batch.iter() {
             self.meters
@@ -774,32 +815,26 @@ impl Processor {
         Ok(())
     }
 
-    /// Acks a committed batch's messages once its spool lines are durable too: through the
-    /// ack thread, which syncs them (`unsynced`), or here.
-    fn acknowledge(&mut self, acks: Vec<Ack>, unsynced: bool) {
-        let job = AckJob { acks, unsynced };
-        let job = match &self.acker {
-            Some(acker) => match acker.send(job) {
-                Ok(()) => return,
-                Err(job) => {
-                    tracing::error!("the ack thread is gone; acking on the commit thread");
-                    self.acker = None;
-                    job
-                }
-            },
-            None => job,
-        };
-        if job.unsynced {
-            if let Some(sink) = self.sink.as_mut() {
-                if let Err(e) = sink.sync() {
-                    // Unacked, they come again and their lines are written again.
-                    tracing::error!(error = %e, "tsdb spool sync failed; the batch stays unacked");
-                    return;
-                }
+    /// Acks a committed batch's messages once its spool `lines` are written and synced:
+    /// through the ack thread, or here when there is none.
+    fn acknowledge(&mut self, acks: Vec<Ack>, lines: Vec<u8>) {
+        if let Some(acker) = &self.acker {
+            if acker.send(lines, acks).is_err() {
+                // It took the spool with it: stop; unacked, the messages come again.
+                tracing::error!("the ack thread is gone; stopping the commit thread");
+                self.broken = true;
+            }
+            return;
+        }
+        if let Some(sink) = self.sink.as_mut().filter(|_| !lines.is_empty()) {
+            if let Err(e) = sink.append(&lines).and_then(|()| sink.sync()) {
+                // Unacked, they come again and their lines are written again.
+                tracing::error!(error = %e, "tsdb spool write failed; the batch stays unacked");
+                return;
             }
         }
         if let Some(ack) = &self.ack_to {
-            for a in &job.acks {
+            for a in &acks {
                 ack(a);
             }
         }
@@ -1047,7 +1082,7 @@ impl Processor {
         } else {
             slot.last_wall_ms = m.recv_ms;
         }
-        if self.sink.is_some() {
+        if self.points {
             let status = t.status.map(|s| s.as_str()).unwrap_or("unknown");
             let mut line = Line::new(&mut p.lines, "charger");
             line.tag("site", &slot.key.site)
@@ -1139,6 +1174,16 @@ impl Processor {
             return Ok(CommitTimes::default());
         }
         let started = Instant::now();
+        let decides = !p.sessions.is_empty()
+            || !p.events.is_empty()
+            || !p.frontdesk.is_empty()
+            || !p.dirty_zones.is_empty()
+            || p.dirty_chargers.iter().any(|&i| {
+                let slot = &self.chargers.slots[i];
+                slot.unsaved && slot.must_save
+            });
+        let full = decides || self.last_full.elapsed() >= self.full_every;
+        self.set_full(full)?;
         let mut new_events: Vec<(i64, &Event)> = Vec::new();
         let tx = self
             .conn
@@ -1200,38 +1245,41 @@ impl Processor {
                 store::save_zone_state(&tx, &key.site, &key.zone, &json)?;
             }
         }
-        // Points go to the spool before the commit: if the commit then fails, the batch is
-        // decided again and its points appended again, which the TSDB overwrites (same
-        // series and timestamp); the other order could lose them.
-        //
-        // Plain telemetry lines are left to the ack thread to sync, after the commit (the
-        // events go out, and the next batch starts, without waiting for the spool's
-        // fdatasync); the batch is acked after it. Should the store's commit be durable and
-        // the spool's lines not (a power cut in between), the batch was not acked, and its
-        // redelivery writes the lines again (`telemetry`). What a redelivery cannot write
-        // again (session summaries, lounge readings, notification outcomes: `p.points`) is
-        // synced here, before the commit.
-        let beside = p.points.is_empty() && self.acker.as_ref().is_some_and(Acker::syncs);
+        // A batch's lines go to the ack thread after its commit: it appends and syncs them
+        // (one fdatasync for the batches that came meanwhile) and then acks the batch; the
+        // events go out, and the next batch starts, without waiting for the spool. Should
+        // the commit be durable and the lines not (a crash or power cut in between), the
+        // batch was not acked, and its redelivery writes the lines again (`telemetry`).
+        // What a redelivery cannot write again (session summaries, lounge readings,
+        // notification outcomes: `p.points`) is made durable before the commit, with the
+        // batch's other lines: if the commit then fails, the batch is decided again and its
+        // lines appended again, which the TSDB overwrites (same series and timestamp).
         let body = started.elapsed();
-        if self.sink.is_some() {
+        let durable_first = !p.points.is_empty();
+        if self.points {
             p.line_count += timeseries::encode_points(&p.points, &mut p.lines);
-        }
-        let mut sink = self.sink.as_mut().filter(|_| !p.lines.is_empty());
-        if let Some(sink) = sink.as_mut() {
-            sink.append(&p.lines)?;
         }
         let syncing = Instant::now();
         let append = syncing - started - body;
-        let mut unsynced = false;
-        if let Some(sink) = sink {
-            if beside {
-                unsynced = true;
-            } else {
-                sink.sync()?;
+        let mut handed = false;
+        if !p.lines.is_empty() {
+            match (&self.acker, self.sink.as_mut()) {
+                (Some(acker), _) if durable_first => {
+                    acker.write_durably(std::mem::take(&mut p.lines))?;
+                }
+                (Some(_), _) => handed = true,
+                (None, Some(sink)) => {
+                    sink.append(&p.lines)?;
+                    sink.sync()?;
+                }
+                (None, None) => {}
             }
         }
         let spool_sync = syncing.elapsed();
         tx.commit()?;
+        if full {
+            self.last_full = Instant::now();
+        }
         let sync = syncing.elapsed();
         self.meters.sync.record(sync.as_secs_f64());
         for i in saved {
@@ -1319,15 +1367,15 @@ impl Processor {
             spool_sync,
             sync,
             show,
-            unsynced,
+            handed,
         })
     }
 }
 
 /// Where a commit's time went (for the slow-batch log): the transaction's statements, the
-/// spool append, the spool's fdatasync (when it ran here) plus the COMMIT (`spool_sync`:
-/// the spool's part alone), and the publishing afterwards. And whether the batch left its
-/// spool lines to the ack thread to sync.
+/// points' encoding, the spool's append and fdatasync when the batch waited for them plus
+/// the COMMIT (`spool_sync`: the spool's part alone), and the publishing afterwards. And
+/// whether the batch's lines are left in it for the ack thread (`handed`).
 #[derive(Default, Clone, Copy)]
 struct CommitTimes {
     body: Duration,
@@ -1335,7 +1383,7 @@ struct CommitTimes {
     spool_sync: Duration,
     sync: Duration,
     show: Duration,
-    unsynced: bool,
+    handed: bool,
 }
 
 /// After a charger's step: notes what changed, collects its effects (events tied to their
@@ -1516,14 +1564,14 @@ mod tests {
         assert!(per_slice.iter().all(|&c| c <= 110), "{per_slice:?}");
     }
 
-    /// What the commit thread and the ack thread did with the points and acks, in order,
-    /// each sync with the number of events the store had committed by then.
+    /// What was done with the points and acks, in order, each sync with the number of
+    /// events the store had committed by then.
     #[derive(Clone, Default)]
     struct Recorder {
         log: Arc<parking_lot::Mutex<Vec<String>>>,
         lines: Arc<parking_lot::Mutex<Vec<u8>>>,
         db: Arc<parking_lot::Mutex<Option<std::path::PathBuf>>>,
-        /// This many syncs of the ack thread fail before they succeed.
+        /// This many syncs fail before they succeed.
         failing_syncs: Arc<std::sync::atomic::AtomicUsize>,
     }
 
@@ -1554,26 +1602,18 @@ mod tests {
             Ok(())
         }
         fn sync(&mut self) -> std::io::Result<()> {
+            let failing = self.failing_syncs.fetch_update(
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+                |n| n.checked_sub(1),
+            );
+            if failing.is_ok() {
+                self.log.lock().push("sync failed".into());
+                return Err(std::io::Error::other("injected sync failure"));
+            }
             let n = self.events_now();
             self.log.lock().push(format!("sync events={n}"));
             Ok(())
-        }
-        fn syncer(&self) -> Option<SyncFn> {
-            let me = self.clone();
-            Some(Box::new(move || {
-                let failing = me.failing_syncs.fetch_update(
-                    std::sync::atomic::Ordering::SeqCst,
-                    std::sync::atomic::Ordering::SeqCst,
-                    |n| n.checked_sub(1),
-                );
-                if failing.is_ok() {
-                    me.log.lock().push("ack-thread sync failed".into());
-                    return Err(std::io::Error::other("injected sync failure"));
-                }
-                let n = me.events_now();
-                me.log.lock().push(format!("ack-thread sync events={n}"));
-                Ok(())
-            }))
         }
     }
 
@@ -1591,8 +1631,7 @@ mod tests {
     }
 
     fn telemetry(ts: i64, status: &str, power_kw: f64, pkid: u16) -> Inbound {
-        let mut publish =
-            rumqttc::Publish::new("", rumqttc::QoS::AtLeastOnce, Vec::<u8>::new());
+        let mut publish = rumqttc::Publish::new("", rumqttc::QoS::AtLeastOnce, Vec::<u8>::new());
         publish.pkid = pkid;
         Inbound {
             topic: "evlounge/s1/charger/c1/telemetry".into(),
@@ -1631,7 +1670,7 @@ mod tests {
     }
 
     #[test]
-    fn telemetry_is_synced_and_acked_after_the_commit_and_a_session_summary_before_it() {
+    fn telemetry_is_written_and_acked_after_the_commit_and_a_session_summary_before_it() {
         let dir = tempfile::tempdir().expect("tempdir");
         let sink = Recorder::default();
         sink.failing_syncs
@@ -1642,21 +1681,14 @@ mod tests {
         let t0 = 1_795_000_000_000;
 
         // Plugged in and charging: `charging_started` is committed, then the ack thread
-        // syncs the line (retrying a failed sync), then acks.
+        // appends and syncs the line (retrying a failed sync), then acks.
         tx.send(telemetry(t0, "charging", 120.0, 1)).expect("send");
         let log = wait_for(&sink, "ack 1");
-        assert_eq!(
-            log,
-            [
-                "append",
-                "ack-thread sync failed",
-                "ack-thread sync events=1",
-                "ack 1"
-            ]
-        );
+        assert_eq!(log, ["append", "sync failed", "sync events=1", "ack 1"]);
 
         // Unplugged: the session closes, and its summary point is one a redelivery would
-        // not write again, so the commit thread syncs it before its commit.
+        // not write again: written and synced before the commit (charging_stopped is not
+        // in the store yet), acked after it.
         tx.send(telemetry(t0 + 1_000, "available", 0.0, 2))
             .expect("send");
         let log = wait_for(&sink, "ack 2");
@@ -1691,5 +1723,39 @@ mod tests {
         p.process(&mut [again]).expect("batch");
         assert_eq!(sink.charger_lines(), [first[0].clone(), first[0].clone()]);
         assert_eq!(events(dir.path()), decided);
+    }
+
+    #[test]
+    fn only_batches_that_decide_something_wait_for_the_stores_fsync() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sink = Recorder::default();
+        let mut p = processor(dir.path(), &sink);
+        let synchronous = |p: &Processor| {
+            p.conn
+                .pragma_query_value(None, "synchronous", |r| r.get::<_, i64>(0))
+                .expect("pragma")
+        };
+        const NORMAL: i64 = 1;
+        const FULL: i64 = 2;
+        let t0 = 1_795_000_000_000;
+        let batch = |p: &mut Processor, i: i64, status: &str| {
+            p.process(&mut [telemetry(t0 + i * 1_000, status, 120.0, 1)])
+                .expect("batch")
+        };
+        p.full_every = Duration::from_secs(3_600);
+        batch(&mut p, 0, "charging"); // charging_started
+        assert_eq!(synchronous(&p), FULL);
+        batch(&mut p, 1, "charging");
+        batch(&mut p, 2, "charging");
+        assert_eq!(synchronous(&p), NORMAL, "plain telemetry");
+        batch(&mut p, 3, "available"); // unplugged: charging_stopped
+        assert_eq!(synchronous(&p), FULL);
+        batch(&mut p, 4, "available");
+        assert_eq!(synchronous(&p), NORMAL);
+        // Plain telemetry too, once the last fsync'ed commit is that long ago.
+        p.full_every = Duration::ZERO;
+        batch(&mut p, 5, "available");
+        assert_eq!(synchronous(&p), FULL);
+        assert_eq!(events(dir.path()), ["charging_started", "charging_stopped"]);
     }
 }

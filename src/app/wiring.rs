@@ -7,7 +7,6 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use rusqlite::Transaction;
 
-use crate::app::acker::SyncFn;
 use crate::app::processor::{CommitHook, PointSink};
 use crate::config::Config;
 use crate::domain::event::Event;
@@ -15,8 +14,7 @@ use crate::domain::session::SessionRecord;
 use crate::outputs::notify::{self, Channel, Directory, LinkRequest, NotifyConfig};
 use crate::outputs::timeseries::{InfluxConfig, SpoolWriter};
 
-/// The spool as the commit thread's point sink: append, fsync per group commit (on the
-/// commit thread, or on the ack thread through the sync handle).
+/// The spool as the point sink: append, fsync per group commit (on the ack thread).
 pub struct SpoolSink {
     pub writer: SpoolWriter,
 }
@@ -28,11 +26,6 @@ impl PointSink for SpoolSink {
 
     fn sync(&mut self) -> std::io::Result<()> {
         self.writer.sync()
-    }
-
-    fn syncer(&self) -> Option<SyncFn> {
-        let handle = self.writer.sync_handle();
-        Some(Box::new(move || handle.sync()))
     }
 }
 

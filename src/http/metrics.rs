@@ -85,7 +85,11 @@ fn describe() {
     describe_histogram!("evlounge_batch_seconds", "Commit thread time per batch");
     describe_histogram!(
         "evlounge_commit_sync_seconds",
-        "Per batch: the spool's fdatasync and the store's COMMIT (its WAL fsync)"
+        "Per batch: the store's COMMIT (with its WAL fsync when the batch decides something), after the spool's append and fdatasync when the batch has points a redelivery cannot write again"
+    );
+    describe_counter!(
+        "evlounge_spool_sync_failures_total",
+        "Failed appends or fdatasyncs of the time-series spool on the ack thread (retried; the batches stay unacked meanwhile)"
     );
     describe_gauge!(
         "evlounge_wal_pages",

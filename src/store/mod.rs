@@ -81,7 +81,8 @@ pub fn db_path(data_dir: &Path) -> PathBuf {
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // FULL: a committed (and so acked) batch survives power loss, not only a crash. Group
-    // commit keeps the fsyncs to one per batch.
+    // commit keeps the fsyncs to one per batch; the commit thread lowers it to NORMAL for
+    // batches that decide nothing (see `FULL_SYNC_EVERY` in `app::processor`).
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     no_auto_checkpoint(conn)?;

@@ -7,9 +7,7 @@
 //! - `ledger`: the reader's acknowledged position, rewritten as tmp + rename.
 //!
 //! The writer (the daemon's synchronous commit thread) appends with one positional write
-//! per record and makes the appended records durable once per group commit, with
-//! [`SpoolWriter::sync`] or, from another thread while it goes on appending, with a
-//! [`SpoolSync`] handle. The reader (the async
+//! per record and calls [`SpoolWriter::sync`] once per group commit. The reader (the async
 //! sink) only ever reads up to the writer's completed position, published through the
 //! shared state below, and is woken by a [`Notify`].
 //!
@@ -26,7 +24,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -98,11 +96,6 @@ struct Shared {
     ledger: Mutex<()>,
     notify: Notify,
     counters: Counters,
-    /// The write segment, for [`SpoolSync`]; replaced on rotation (after the old one was
-    /// synced).
-    current: Mutex<Arc<File>>,
-    /// A segment was created since the last sync: its directory entry needs a sync too.
-    dir_dirty: AtomicBool,
 }
 
 /// Cheap read-only view for `/metrics` and tests.
@@ -208,11 +201,11 @@ impl Spool {
         let (write_seg, file) = match segments.last_key_value() {
             Some((&id, _)) => (
                 id,
-                Arc::new(OpenOptions::new().write(true).open(segment_path(dir, id))?),
+                OpenOptions::new().write(true).open(segment_path(dir, id))?,
             ),
             None => {
                 let id = ledger.map_or(1, |l| l.segment + 1);
-                let f = Arc::new(create_segment(dir, id)?);
+                let f = create_segment(dir, id)?;
                 segments.insert(id, 0);
                 write_len = 0;
                 (id, f)
@@ -248,8 +241,6 @@ impl Spool {
             }),
             notify: Notify::new(),
             counters,
-            current: Mutex::new(file.clone()),
-            dir_dirty: AtomicBool::new(false),
         });
         publish_gauges(&shared.state.lock());
         let writer = SpoolWriter {
@@ -258,6 +249,7 @@ impl Spool {
             seg: write_seg,
             len: write_len,
             buf: Vec::new(),
+            dir_dirty: false,
         };
         let reader = SpoolReader {
             shared,
@@ -272,36 +264,12 @@ impl Spool {
 /// The appending half; owned by one synchronous thread.
 pub struct SpoolWriter {
     shared: Arc<Shared>,
-    file: Arc<File>,
+    file: File,
     seg: u64,
     len: u64,
     buf: Vec<u8>,
-}
-
-/// Makes what the writer has appended so far durable, from another thread than the
-/// writer's (which may go on appending and rotating meanwhile; what it appends after the
-/// call began may or may not be covered).
-#[derive(Clone)]
-pub struct SpoolSync(Arc<Shared>);
-
-impl SpoolSync {
-    /// fdatasync of the write segment, and of the directory when a segment was created.
-    /// Earlier segments were synced when the writer rotated away from them.
-    pub fn sync(&self) -> io::Result<()> {
-        let file = self.0.current.lock().clone();
-        file.sync_data()?;
-        sync_dir(&self.0)
-    }
-}
-
-fn sync_dir(shared: &Shared) -> io::Result<()> {
-    if shared.dir_dirty.swap(false, Ordering::AcqRel) {
-        if let Err(e) = File::open(&shared.dir).and_then(|d| d.sync_all()) {
-            shared.dir_dirty.store(true, Ordering::Release);
-            return Err(e);
-        }
-    }
-    Ok(())
+    /// A segment was created since the last `sync`: its directory entry needs a sync too.
+    dir_dirty: bool,
 }
 
 impl SpoolWriter {
@@ -365,12 +333,11 @@ impl SpoolWriter {
     /// once per group commit, before the MQTT acks go out.
     pub fn sync(&mut self) -> io::Result<()> {
         self.file.sync_data()?;
-        sync_dir(&self.shared)
-    }
-
-    /// A handle that syncs from another thread (see [`SpoolSync`]).
-    pub fn sync_handle(&self) -> SpoolSync {
-        SpoolSync(self.shared.clone())
+        if self.dir_dirty {
+            File::open(&self.shared.dir)?.sync_all()?;
+            self.dir_dirty = false;
+        }
+        Ok(())
     }
 
     pub fn stats(&self) -> SpoolStats {
@@ -382,12 +349,10 @@ impl SpoolWriter {
         // has to care about the current file.
         self.file.sync_data()?;
         let id = self.seg + 1;
-        self.file = Arc::new(create_segment(&self.shared.dir, id)?);
+        self.file = create_segment(&self.shared.dir, id)?;
         self.seg = id;
         self.len = 0;
-        // The flag before the handle: a sync that sees the new file also syncs its entry.
-        self.shared.dir_dirty.store(true, Ordering::Release);
-        *self.shared.current.lock() = self.file.clone();
+        self.dir_dirty = true;
         let mut st = self.shared.state.lock();
         st.segments.insert(id, 0);
         st.write = Position {

@@ -178,42 +178,6 @@ fn rotation_and_deletion_after_ack() {
 }
 
 #[test]
-fn a_sync_handle_syncs_from_another_thread_while_the_writer_appends_and_rotates() {
-    let d = tempfile::tempdir().unwrap();
-    let r1 = rec(1, 1);
-    let seg = 3 * (8 + r1.len() as u64);
-    {
-        let (mut w, _r) = Spool::open_with(d.path(), opts(1 << 20, seg)).unwrap();
-        let handle = w.sync_handle();
-        let stop = Arc::new(AtomicBool::new(false));
-        let syncer = {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let mut syncs = 0u32;
-                while !stop.load(Ordering::Acquire) {
-                    handle.sync().unwrap();
-                    syncs += 1;
-                }
-                handle.sync().unwrap();
-                syncs
-            })
-        };
-        for i in 0..30 {
-            w.append(&rec(i, 1)).unwrap();
-        }
-        stop.store(true, Ordering::Release);
-        assert!(syncer.join().unwrap() > 0);
-        // The handle synced the directory entries of the segments created meanwhile.
-        assert!(!w.shared.dir_dirty.load(Ordering::Acquire));
-        // It rotated while the handle synced.
-        assert!(seg_files(d.path()).len() >= 5, "{:?}", seg_files(d.path()));
-    }
-    let (_w, mut r) = Spool::open_with(d.path(), opts(1 << 20, seg)).unwrap();
-    let (body, _) = read_all(&mut r);
-    assert_eq!(body, (0..30).map(|i| rec(i, 1)).collect::<Vec<_>>().concat());
-}
-
-#[test]
 fn full_spool_drops_the_oldest_segment_and_counts_its_points() {
     let d = tempfile::tempdir().unwrap();
     let one = 8 + rec(1, 4).len() as u64;
