@@ -104,7 +104,8 @@ pub async fn run_with(
     let (in_tx, in_rx) = flume::bounded::<mqtt::Inbound>(16_384);
     let (out_tx, out_rx) = flume::bounded(16_384);
 
-    // Time series: the spool is written by the commit thread, read by the sink task.
+    // Time series: the spool is written by the ack thread (see `acker`), read by the sink
+    // task.
     let (tsdb_state, timeseries) = match wiring::influx_config(&cfg) {
         Some(ic) => {
             let ts = crate::outputs::timeseries::start(ic, &cfg.data_dir)

@@ -355,8 +355,10 @@ pub struct Processor {
     last_tick: Instant,
     /// The next charger to tick.
     tick_cursor: usize,
-    /// Points from other tasks (notification outcomes) that go through the spool too.
+    /// Points from other tasks (notification outcomes) that go through the spool too, and
+    /// those taken from it and not yet committed.
     extra_points: Option<flume::Receiver<Point>>,
+    extra_held: Vec<Point>,
     /// The batch's pending effects, reused across batches.
     scratch: Pending,
     /// Chargers with telemetry held back from the live view, oldest first (entries whose
@@ -443,6 +445,7 @@ impl Processor {
             last_tick: Instant::now(),
             tick_cursor: 0,
             extra_points: None,
+            extra_held: Vec::new(),
             scratch: Pending::default(),
             live_queue: std::collections::VecDeque::new(),
             wal: None,
@@ -659,10 +662,9 @@ impl Processor {
                     backoff.reset();
                 }
                 Ok(Err(e)) => {
-                    // Its commit may have gone through while its points did not (see
-                    // `commit`): the retry writes them again.
-                    for m in batch.iter_mut() {
-                        m.redelivered = true;
+                    if self.acker.as_ref().is_some_and(Acker::is_gone) {
+                        tracing::error!(error = %e, "the ack thread is gone; stopping the commit thread (the batch stays unacked)");
+                        break;
                     }
                     failures += 1;
                     metrics::counter!("evlounge_commit_failures_total").increment(1);
@@ -700,7 +702,10 @@ impl Processor {
                             messages = batch.len(),
                             "the decider panicked; retrying the batch one message at a time"
                         );
-                        for m in batch.drain(..).rev() {
+                        // The panic may have come after the batch's commit, with its lines
+                        // not yet handed over: the retry writes them again.
+                        for mut m in batch.drain(..).rev() {
+                            m.redelivered = true;
                             singles.push_front(m);
                         }
                     }
@@ -769,10 +774,17 @@ impl Processor {
         let ticked_chargers = self.tick(now_wall, &mut pending);
         self.release_held_back(now_wall, &mut pending);
         let ticked = started.elapsed();
+        // Kept until a commit takes them: a failed one would lose them (nothing else
+        // sends them again).
         if let Some(rx) = &self.extra_points {
-            pending.points.extend(rx.try_iter().take(10_000));
+            let room = 10_000usize.saturating_sub(self.extra_held.len());
+            self.extra_held.extend(rx.try_iter().take(room));
         }
+        pending.points.extend(self.extra_held.iter().cloned());
         let committed = self.commit(&mut pending, now_wall);
+        if committed.is_ok() {
+            self.extra_held.clear();
+        }
         let dirty = pending.dirty_chargers.len();
         let points = pending.line_count;
         let lines = match &committed {
@@ -796,7 +808,7 @@ impl Processor {
                 decide_ms = ms(decided),
                 tick_ms = ms(ticked - decided),
                 body_ms = ms(times.body),
-                append_ms = ms(times.append),
+                encode_ms = ms(times.encode),
                 sync_ms = ms(times.sync),
                 spool_sync_ms = ms(times.spool_sync),
                 show_ms = ms(times.show),
@@ -816,7 +828,8 @@ impl Processor {
     }
 
     /// Acks a committed batch's messages once its spool `lines` are written and synced:
-    /// through the ack thread, or here when there is none.
+    /// through the ack thread; without one (`process` outside `run`), `commit` wrote them
+    /// and there are none left.
     fn acknowledge(&mut self, acks: Vec<Ack>, lines: Vec<u8>) {
         if let Some(acker) = &self.acker {
             if acker.send(lines, acks).is_err() {
@@ -826,13 +839,7 @@ impl Processor {
             }
             return;
         }
-        if let Some(sink) = self.sink.as_mut().filter(|_| !lines.is_empty()) {
-            if let Err(e) = sink.append(&lines).and_then(|()| sink.sync()) {
-                // Unacked, they come again and their lines are written again.
-                tracing::error!(error = %e, "tsdb spool write failed; the batch stays unacked");
-                return;
-            }
-        }
+        debug_assert!(lines.is_empty());
         if let Some(ack) = &self.ack_to {
             for a in &acks {
                 ack(a);
@@ -1174,6 +1181,40 @@ impl Processor {
             return Ok(CommitTimes::default());
         }
         let started = Instant::now();
+        // A batch's lines go to the ack thread after its commit: it appends and syncs them
+        // (one fdatasync for the batches that came meanwhile) and then acks the batch; the
+        // events go out, and the next batch starts, without waiting for the spool. Should
+        // the commit be durable and the lines not (a crash or power cut in between), the
+        // batch was not acked, and its redelivery writes the lines again (`telemetry`).
+        // What a redelivery cannot write again (session summaries, lounge readings,
+        // notification outcomes: `p.points`) is made durable before the commit (and before
+        // its transaction takes the store's write lock), with the batch's other lines: if
+        // the commit then fails, the batch is decided again and its lines appended again,
+        // which the TSDB overwrites (same series and timestamp).
+        for (s, _) in p.sessions.values().filter(|(s, _)| s.ended.is_some()) {
+            p.points.push(session_point(s));
+        }
+        let durable_first = !p.points.is_empty();
+        if self.points {
+            p.line_count += timeseries::encode_points(&p.points, &mut p.lines);
+        }
+        let encode = started.elapsed();
+        let mut handed = false;
+        if !p.lines.is_empty() {
+            match (&self.acker, self.sink.as_mut()) {
+                (Some(acker), _) if durable_first => {
+                    acker.write_durably(std::mem::take(&mut p.lines))?;
+                }
+                (Some(_), _) => handed = true,
+                (None, Some(sink)) => {
+                    sink.append(&p.lines)?;
+                    sink.sync()?;
+                }
+                (None, None) => {}
+            }
+        }
+        let before_tx = started.elapsed();
+        let spool_sync = before_tx - encode;
         let decides = !p.sessions.is_empty()
             || !p.events.is_empty()
             || !p.frontdesk.is_empty()
@@ -1199,9 +1240,6 @@ impl Processor {
             store::upsert_session(&tx, s)?;
             if let Some(h) = self.hook.as_mut() {
                 h.on_session(&tx, s, opened, now_wall)?;
-            }
-            if s.ended.is_some() {
-                p.points.push(session_point(s));
             }
         }
         for (e, session_key) in &p.events {
@@ -1245,37 +1283,8 @@ impl Processor {
                 store::save_zone_state(&tx, &key.site, &key.zone, &json)?;
             }
         }
-        // A batch's lines go to the ack thread after its commit: it appends and syncs them
-        // (one fdatasync for the batches that came meanwhile) and then acks the batch; the
-        // events go out, and the next batch starts, without waiting for the spool. Should
-        // the commit be durable and the lines not (a crash or power cut in between), the
-        // batch was not acked, and its redelivery writes the lines again (`telemetry`).
-        // What a redelivery cannot write again (session summaries, lounge readings,
-        // notification outcomes: `p.points`) is made durable before the commit, with the
-        // batch's other lines: if the commit then fails, the batch is decided again and its
-        // lines appended again, which the TSDB overwrites (same series and timestamp).
-        let body = started.elapsed();
-        let durable_first = !p.points.is_empty();
-        if self.points {
-            p.line_count += timeseries::encode_points(&p.points, &mut p.lines);
-        }
+        let body = started.elapsed() - before_tx;
         let syncing = Instant::now();
-        let append = syncing - started - body;
-        let mut handed = false;
-        if !p.lines.is_empty() {
-            match (&self.acker, self.sink.as_mut()) {
-                (Some(acker), _) if durable_first => {
-                    acker.write_durably(std::mem::take(&mut p.lines))?;
-                }
-                (Some(_), _) => handed = true,
-                (None, Some(sink)) => {
-                    sink.append(&p.lines)?;
-                    sink.sync()?;
-                }
-                (None, None) => {}
-            }
-        }
-        let spool_sync = syncing.elapsed();
         tx.commit()?;
         if full {
             self.last_full = Instant::now();
@@ -1362,9 +1371,9 @@ impl Processor {
             }
         }
         Ok(CommitTimes {
-            body,
-            append,
+            encode,
             spool_sync,
+            body,
             sync,
             show,
             handed,
@@ -1372,15 +1381,15 @@ impl Processor {
     }
 }
 
-/// Where a commit's time went (for the slow-batch log): the transaction's statements, the
-/// points' encoding, the spool's append and fdatasync when the batch waited for them plus
-/// the COMMIT (`spool_sync`: the spool's part alone), and the publishing afterwards. And
-/// whether the batch's lines are left in it for the ack thread (`handed`).
+/// Where a commit's time went (for the slow-batch log): the points' encoding, the spool's
+/// append and fdatasync when the batch waited for them, the transaction's statements, the
+/// COMMIT, and the publishing afterwards. And whether the batch's lines are left in it for
+/// the ack thread (`handed`).
 #[derive(Default, Clone, Copy)]
 struct CommitTimes {
-    body: Duration,
-    append: Duration,
+    encode: Duration,
     spool_sync: Duration,
+    body: Duration,
     sync: Duration,
     show: Duration,
     handed: bool,
@@ -1590,8 +1599,11 @@ mod tests {
                 .collect()
         }
         fn acks(&self) -> AckFn {
-            let log = self.log.clone();
-            Arc::new(move |a: &Ack| log.lock().push(format!("ack {}", a.0.pkid)))
+            let me = self.clone();
+            Arc::new(move |a: &Ack| {
+                let n = me.events_now();
+                me.log.lock().push(format!("ack {} events={n}", a.0.pkid));
+            })
         }
     }
 
@@ -1681,18 +1693,27 @@ mod tests {
         let t0 = 1_795_000_000_000;
 
         // Plugged in and charging: `charging_started` is committed, then the ack thread
-        // appends and syncs the line (retrying a failed sync), then acks.
+        // appends and syncs the line (after a failed sync: appended again), then acks.
         tx.send(telemetry(t0, "charging", 120.0, 1)).expect("send");
-        let log = wait_for(&sink, "ack 1");
-        assert_eq!(log, ["append", "sync failed", "sync events=1", "ack 1"]);
+        let log = wait_for(&sink, "ack 1 events=1");
+        assert_eq!(
+            log,
+            [
+                "append",
+                "sync failed",
+                "append",
+                "sync events=1",
+                "ack 1 events=1"
+            ]
+        );
 
         // Unplugged: the session closes, and its summary point is one a redelivery would
         // not write again: written and synced before the commit (charging_stopped is not
         // in the store yet), acked after it.
         tx.send(telemetry(t0 + 1_000, "available", 0.0, 2))
             .expect("send");
-        let log = wait_for(&sink, "ack 2");
-        assert_eq!(log[4..], ["append", "sync events=1", "ack 2"]);
+        let log = wait_for(&sink, "ack 2 events=2");
+        assert_eq!(log[5..], ["append", "sync events=1", "ack 2 events=2"]);
         assert!(String::from_utf8_lossy(&sink.lines.lock()).contains("charging_session,"));
         drop(tx);
         commit.join().expect("commit thread");

@@ -1,6 +1,6 @@
 //! Adapters between the commit thread and the outputs: the notification hook that runs in
-//! the commit transaction, the spool as the commit thread's point sink, and the typed
-//! output configurations built from the validated config.
+//! the commit transaction, the spool as the point sink (written by the ack thread), and the
+//! typed output configurations built from the validated config.
 
 use std::sync::Arc;
 

@@ -1,7 +1,9 @@
 //! MQTT out: events (QoS 1, from the store's record, so an outage delays but never loses
 //! them), retained live state (coalesced, at most one per topic per interval), dead letters.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use indexmap::IndexMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -38,6 +40,15 @@ const STATE_CHUNK: usize = 64;
 const FLUSH_EVERY: Duration = Duration::from_millis(10);
 const STATE_BUDGET: usize = 256;
 
+/// Retained state per topic, in first-seen order, and where the next flush starts: a flush
+/// that runs out of budget is continued by the next one, not started over (which would
+/// leave the topics at the end waiting while more are due than a second's flushes send).
+#[derive(Default)]
+struct States {
+    slots: IndexMap<String, StateSlot>,
+    next: usize,
+}
+
 struct StateSlot {
     pending: Option<StateKey>,
     /// What this topic shows (republished after a reconnect).
@@ -65,7 +76,7 @@ impl MqttOut {
         let mut connected = self.handle.connected_rx.clone();
         let mut published: BTreeSet<i64> = BTreeSet::new();
         let mut seen_connacks = 0u64;
-        let mut states: HashMap<String, StateSlot> = HashMap::new();
+        let mut states = States::default();
         let mut state_connacks = self
             .handle
             .state
@@ -95,7 +106,7 @@ impl MqttOut {
                         let connacks = self.handle.state.connacks.load(std::sync::atomic::Ordering::Acquire);
                         if connacks != state_connacks {
                             state_connacks = connacks;
-                            for slot in states.values_mut() {
+                            for slot in states.slots.values_mut() {
                                 if slot.pending.is_none() {
                                     slot.pending = slot.shown.clone();
                                 }
@@ -123,12 +134,12 @@ impl MqttOut {
         m: OutMsg,
         conn: &std::sync::Mutex<rusqlite::Connection>,
         published: &mut BTreeSet<i64>,
-        states: &mut HashMap<String, StateSlot>,
+        states: &mut States,
     ) {
         match m {
             OutMsg::Event(e) => self.publish_event(e, conn, published).await,
             OutMsg::State { topic, key } => {
-                let slot = states.entry(topic).or_insert(StateSlot {
+                let slot = states.slots.entry(topic).or_insert(StateSlot {
                     pending: None,
                     shown: None,
                     last_sent: None,
@@ -298,7 +309,7 @@ impl MqttOut {
     /// meanwhile.
     async fn flush_states(
         &self,
-        states: &mut HashMap<String, StateSlot>,
+        states: &mut States,
         force: bool,
         conn: &std::sync::Mutex<rusqlite::Connection>,
         published: &mut BTreeSet<i64>,
@@ -308,7 +319,12 @@ impl MqttOut {
         let mut left = if force { usize::MAX } else { STATE_BUDGET };
         // States sent during the flush are applied after it (the map is being iterated).
         let mut later = Vec::new();
-        for (topic, slot) in states.iter_mut() {
+        let n = states.slots.len();
+        let start = states.next % n.max(1);
+        for i in (start..n).chain(0..start) {
+            let Some((topic, slot)) = states.slots.get_index_mut(i) else {
+                continue;
+            };
             if rendered >= STATE_CHUNK {
                 rendered = 0;
                 tokio::task::yield_now().await;
@@ -356,6 +372,7 @@ impl MqttOut {
                 rendered += 1;
                 left -= 1;
                 if left == 0 {
+                    states.next = i + 1;
                     break;
                 }
             }

@@ -1,7 +1,7 @@
 //! Time series to InfluxDB v2 (CONTRACT §8) with zero loss while the spool is bounded.
 //!
-//! Flow: the commit thread encodes points ([`encode_points`]) and appends the chunk to the
-//! durable [`spool`] right after its SQLite commit (then `sync`, then MQTT acks); the
+//! Flow: the commit thread encodes points ([`encode_points`]); the ack thread appends each
+//! batch's chunk to the durable [`spool`] (then `sync`, then MQTT acks; see `app::acker`); the
 //! async [`sink`] reads the spool in batches, gzips and POSTs them, and acknowledges
 //! what the TSDB accepted. Nothing unacknowledged leaves the disk.
 
@@ -135,7 +135,7 @@ impl ShutdownHandle {
 
 /// Everything [`start`] hands out.
 pub struct Timeseries {
-    /// For the commit thread: `append` per commit, `sync` per group commit.
+    /// For the ack thread: `append` per batch, `sync` per group commit.
     pub writer: SpoolWriter,
     pub state: watch::Receiver<TsdbState>,
     /// Spawn it; it returns after shutdown once drained or out of time.

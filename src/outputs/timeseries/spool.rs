@@ -6,7 +6,7 @@
 //!   `[len u32 LE][crc32(payload) u32 LE][payload]`; a payload is one line-protocol chunk;
 //! - `ledger`: the reader's acknowledged position, rewritten as tmp + rename.
 //!
-//! The writer (the daemon's synchronous commit thread) appends with one positional write
+//! The writer (the daemon's ack thread, synchronous) appends with one positional write
 //! per record and calls [`SpoolWriter::sync`] once per group commit. The reader (the async
 //! sink) only ever reads up to the writer's completed position, published through the
 //! shared state below, and is woken by a [`Notify`].
@@ -600,7 +600,7 @@ impl SpoolReader {
     /// that are wholly acknowledged.
     pub fn ack(&mut self, pos: Position) -> io::Result<()> {
         // The file work (ledger, unlinks) happens after the state lock is released: the
-        // commit thread's `append` takes that lock, and must not wait behind file-system
+        // ack thread's `append` takes that lock, and must not wait behind file-system
         // calls on the sink's task. The ledger lock, held throughout, keeps the writer's
         // drop of the oldest segment (spool full) from interleaving: ledger writes land in
         // the order their positions were decided. The segment being written is never removed.
