@@ -1075,9 +1075,10 @@ impl Processor {
     /// batch's line-protocol buffer (when there is a time-series output at all).
     ///
     /// A redelivered message the machine had applied already decides nothing again, but its
-    /// point is written again: the commit that applied it may have made the store durable
-    /// and not the spool (a power cut after the commit, before the ack thread synced the
-    /// spool, see `commit`). The TSDB overwrites the same series and timestamp.
+    /// point is written again: the commit that applied it may have reached the store and
+    /// its lines not the spool (a crash or power cut after the commit, before the ack
+    /// thread wrote and synced them; see `commit`). The TSDB overwrites the same series and
+    /// timestamp.
     fn telemetry(&mut self, i: usize, t: &Telemetry, m: &Inbound, p: &mut Pending) {
         let slot = &mut self.chargers.slots[i];
         let step = slot.machine.step(&slot.meta, ChargerInput::Telemetry(t));
