@@ -250,3 +250,58 @@ async fn status_is_retained_online_and_offline_at_shutdown_and_rejects_go_to_dea
     )
     .await;
 }
+
+/// Waits for the next publish on `el`, up to 10 s.
+async fn next_publish(el: &mut rumqttc::EventLoop) -> rumqttc::Publish {
+    let wait = async {
+        loop {
+            if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) = el.poll().await {
+                return p;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .expect("a publish within 10 s")
+}
+
+/// A batch whose store commit went through but whose time-series lines the ack thread had
+/// not yet synced is written again when the broker redelivers it: the daemon knows a
+/// redelivery by its DUP flag (`Inbound::redelivered`). That the broker sets it on a
+/// persistent session's unacked QoS 1 message is what this checks, on the real broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_redelivers_an_unacked_message_with_dup_set() {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let broker = Mosquitto::start();
+    let opts = || {
+        let mut o = MqttOptions::new("t-dup-sub", "127.0.0.1", broker.port);
+        o.set_clean_session(false);
+        o.set_manual_acks(true);
+        o.set_keep_alive(Duration::from_secs(5));
+        o
+    };
+    let (client, mut el) = AsyncClient::new(opts(), 16);
+    client
+        .subscribe("t/dup", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !matches!(el.poll().await, Ok(Event::Incoming(Packet::SubAck(_)))) {}
+    })
+    .await
+    .expect("suback");
+    let publ = MqttClient::connect(broker.port, "t-dup-pub", &[]).await;
+    publ.publish("t/dup", "x").await;
+    publ.wait_acked().await;
+
+    let first = next_publish(&mut el).await;
+    assert!(!first.dup, "first delivery: {first:?}");
+    // Gone without acking it, as a daemon killed before its ack thread got to the batch.
+    drop(el);
+    drop(client);
+
+    let (_client, mut el) = AsyncClient::new(opts(), 16);
+    let again = next_publish(&mut el).await;
+    assert_eq!(&again.payload[..], b"x");
+    assert!(again.dup, "redelivery: {again:?}");
+}
