@@ -370,8 +370,6 @@ pub struct Processor {
     ack_to: Option<AckFn>,
     /// While `run` runs: the ack thread, which writes the spool.
     acker: Option<Acker>,
-    /// The ack thread is gone: `run` stops.
-    broken: bool,
     /// The connection's `synchronous` setting is FULL (else NORMAL).
     sync_full: bool,
     /// When a FULL commit last went through, and how long a batch may go without one.
@@ -451,7 +449,6 @@ impl Processor {
             wal: None,
             ack_to: None,
             acker: None,
-            broken: false,
             sync_full: true,
             last_full: Instant::now(),
             full_every: FULL_SYNC_EVERY,
@@ -655,6 +652,12 @@ impl Processor {
             let started = Instant::now();
             let result =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.process(&mut batch)));
+            if self.acker.as_ref().is_some_and(Acker::is_gone) {
+                // It took the spool with it and nothing can be acked: stop; unacked, the
+                // messages come again.
+                tracing::error!("the ack thread is gone; stopping the commit thread");
+                break;
+            }
             match result {
                 Ok(Ok(())) => {
                     batch.clear();
@@ -662,10 +665,6 @@ impl Processor {
                     backoff.reset();
                 }
                 Ok(Err(e)) => {
-                    if self.acker.as_ref().is_some_and(Acker::is_gone) {
-                        tracing::error!(error = %e, "the ack thread is gone; stopping the commit thread (the batch stays unacked)");
-                        break;
-                    }
                     failures += 1;
                     metrics::counter!("evlounge_commit_failures_total").increment(1);
                     if failures == 1 || failures % 20 == 0 {
@@ -713,9 +712,6 @@ impl Processor {
                 }
             }
             metrics::histogram!("evlounge_batch_seconds").record(started.elapsed().as_secs_f64());
-            if self.broken {
-                break;
-            }
         }
         if let Err(e) = self.save_unsaved() {
             tracing::error!(error = %e, "saving charger state at shutdown failed");
@@ -832,11 +828,8 @@ impl Processor {
     /// and there are none left.
     fn acknowledge(&mut self, acks: Vec<Ack>, lines: Vec<u8>) {
         if let Some(acker) = &self.acker {
-            if acker.send(lines, acks).is_err() {
-                // It took the spool with it: stop; unacked, the messages come again.
-                tracing::error!("the ack thread is gone; stopping the commit thread");
-                self.broken = true;
-            }
+            // When the thread is gone `run` stops after this batch.
+            let _ = acker.send(lines, acks);
             return;
         }
         debug_assert!(lines.is_empty());
