@@ -1517,6 +1517,39 @@ mod tests {
     }
 
     #[test]
+    fn the_charger_index_finds_each_key_and_only_it() {
+        let slot = |site: &str, charger: &str| {
+            let meta = ChargerMeta::auto(site, charger, Default::default());
+            let machine = ChargerMachine::new(&meta);
+            let key = ChargerKey {
+                site: site.into(),
+                charger: charger.into(),
+            };
+            ChargerSlot::new(key, meta, machine, 0, true)
+        };
+        let mut c = Chargers::default();
+        // Keys whose concatenations are equal, and many more to make the table grow.
+        let keys: Vec<(String, String)> = [("ab", "c"), ("a", "bc"), ("abc", "")]
+            .iter()
+            .map(|(s, k)| (s.to_string(), k.to_string()))
+            .chain((0..2000).map(|i| (format!("b{}", i % 7), format!("hpc-{i}"))))
+            .collect();
+        for (k, (site, charger)) in keys.iter().enumerate() {
+            assert_eq!(c.insert(slot(site, charger)), k);
+        }
+        for (k, (site, charger)) in keys.iter().enumerate() {
+            assert_eq!(c.find(site, charger), Some(k), "{site}/{charger}");
+        }
+        assert_eq!(c.find("b0", "hpc-1"), None, "hpc-1 is on site b1");
+        assert_eq!(c.find("a", "b"), None);
+        // Registering a known key again replaces its slot in place.
+        assert_eq!(c.insert(slot("a", "bc")), 1);
+        assert_eq!(c.slots.len(), keys.len());
+        c.clear();
+        assert_eq!(c.find("ab", "c"), None);
+    }
+
+    #[test]
     fn tick_shares_visit_the_slots_in_turn_each_once_a_round() {
         let n = 7;
         let (mut cursor, mut seen) = (0, Vec::new());
