@@ -16,7 +16,7 @@
 //! the timed path does not queue behind the load in the bench's own runtime. The ingest runs'
 //! publisher stays in-process (`run_simulate`): they measure throughput, not latency. Ceiling
 //! and daemon are measured alternately, `BENCH_INGEST_ROUNDS` times each, and their medians
-//! compared. The latency phases also measure their floors meanwhile: the broker's own round
+//! compared; a daemon round ends when every point has reached VictoriaMetrics. The latency phases also measure their floors meanwhile: the broker's own round
 //! trip (an echo before each probe) and the disk's fdatasync (every 20 ms).
 //!
 //! Tunables (env): `BENCH_INGEST_N` (messages per ingest run, 200000), `BENCH_INGEST_ROUNDS` (3),
@@ -1029,6 +1029,7 @@ async fn daemon_ingest(
     }
     let cpu0 = cpu_secs(d.pid());
     let bench_cpu0 = cpu_secs(std::process::id());
+    let vm_cpu0 = vm.pid().map_or(f64::NAN, cpu_secs);
     let opts = SimulateOptions {
         max_messages: Some(n),
         duration: Some(Duration::from_secs(180)),
@@ -1071,6 +1072,27 @@ async fn daemon_ingest(
         }
     }
     let rep = rep.context("no load report")?;
+    // Every point reaches the TSDB (from the spool, after the load if the TSDB lags).
+    let quiet = Instant::now();
+    if tsdb {
+        let deadline = quiet + Duration::from_secs(120);
+        loop {
+            let m = d.metrics().await;
+            let written = metric(&m, "evlounge_tsdb_points_written_total", "");
+            if written >= last.0 {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "only {written} of {} telemetry points reached the TSDB within 120 s",
+                    last.0
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // How long the points took beyond the 3 s of quiet after the last message.
+    let tsdb_catch_up_s = quiet.elapsed().as_secs_f64();
     let m = d.metrics().await;
     let all_kinds = metric(&m, "evlounge_mqtt_messages_total", "");
     let (f, secs) = match first {
@@ -1089,6 +1111,9 @@ async fn daemon_ingest(
             "telemetry_processed": last.0,
             "daemon_cpu_s": cpu_secs(d.pid()) - cpu0,
             "mosquitto_cpu_s": cpu_secs(broker.child.id()),
+            // Its own work on the same two cores (the ceiling has nothing in its place).
+            "victoriametrics_cpu_s": vm.pid().map_or(f64::NAN, cpu_secs) - vm_cpu0,
+            "tsdb_catch_up_s": tsdb_catch_up_s,
             "events": metric(&m, "evlounge_events_total", ""),
             "tsdb_points_written": metric(&m, "evlounge_tsdb_points_written_total", ""),
             "decode_errors": metric(&m, "evlounge_decode_errors_total", ""),

@@ -82,6 +82,13 @@ pub enum StateKey {
     Zone(String, String),
 }
 
+/// What a batch put in the live view: a charger (by slot) or a lounge zone.
+#[derive(Debug, PartialEq)]
+enum Shown {
+    Charger(usize),
+    Zone(ZoneKey),
+}
+
 /// Messages for the MQTT publisher task.
 #[derive(Debug)]
 pub enum OutMsg {
@@ -128,6 +135,9 @@ struct ChargerSlot {
     live_now: bool,
     live_pending: bool,
     live_wall_ms: i64,
+    /// In `Processor::unsent_states`: its retained state is still to be sent to the
+    /// publisher.
+    state_unsent: bool,
 }
 
 impl ChargerSlot {
@@ -154,6 +164,7 @@ impl ChargerSlot {
             live_now: fresh,
             live_pending: false,
             live_wall_ms: now,
+            state_unsent: false,
         }
     }
 
@@ -383,6 +394,8 @@ pub struct Processor {
     /// Chargers with telemetry held back from the live view, oldest first (entries whose
     /// charger was shown since are skipped).
     live_queue: std::collections::VecDeque<(usize, i64)>,
+    /// Live states the MQTT publisher had no room for, oldest first (see `send_state`).
+    unsent_states: Vec<Shown>,
     /// The WAL's size as the checkpointer saw it (see `store::WalWatch`).
     wal: Option<store::WalWatch>,
     /// Where acks go (the broker); none without QoS 1 intake.
@@ -465,6 +478,7 @@ impl Processor {
             extra_held: Vec::new(),
             scratch: Pending::default(),
             live_queue: std::collections::VecDeque::new(),
+            unsent_states: Vec::new(),
             wal: None,
             ack_to: None,
             acker: None,
@@ -771,6 +785,7 @@ impl Processor {
     fn reload(&mut self) -> Result<(), StoreError> {
         self.chargers.clear();
         self.live_queue.clear();
+        self.unsent_states.clear();
         self.zones.clear();
         self.register_configured();
         self.resume()
@@ -788,6 +803,7 @@ impl Processor {
         let decided = started.elapsed();
         let ticked_chargers = self.tick(now_wall, &mut pending);
         self.release_held_back(now_wall, &mut pending);
+        self.retry_states();
         let ticked = started.elapsed();
         // Kept until a commit takes them: a failed one would lose them (nothing else
         // sends them again).
@@ -1179,6 +1195,60 @@ impl Processor {
         share
     }
 
+    /// Tells the MQTT publisher that `what` has a new live state (it renders the retained
+    /// state from the live view when due). With the publisher's queue full, it is kept and
+    /// sent again by [`Processor::retry_states`]: dropped, a charger that then went quiet
+    /// would show a stale retained state until its next change.
+    fn send_state(&mut self, what: Shown) {
+        let Some(out) = &self.out else {
+            return;
+        };
+        if let Shown::Charger(i) = what {
+            if self.chargers.slots[i].state_unsent {
+                return; // already waiting; the publisher renders the latest anyway
+            }
+        } else if self.unsent_states.contains(&what) {
+            return;
+        }
+        let prefix = &self.cfg.mqtt.prefix;
+        let msg = match &what {
+            Shown::Charger(i) => {
+                let key = &self.chargers.slots[*i].key;
+                OutMsg::State {
+                    topic: format!("{prefix}/{}/state/charger/{}", key.site, key.charger),
+                    key: StateKey::Charger(key.site.clone(), key.charger.clone()),
+                }
+            }
+            Shown::Zone(key) => OutMsg::State {
+                topic: format!("{prefix}/{}/state/lounge/{}", key.site, key.zone),
+                key: StateKey::Zone(key.site.clone(), key.zone.clone()),
+            },
+        };
+        if let Err(flume::TrySendError::Full(_)) = out.try_send(msg) {
+            if let Shown::Charger(i) = what {
+                self.chargers.slots[i].state_unsent = true;
+            }
+            self.unsent_states.push(what);
+        }
+    }
+
+    /// Sends the states the publisher had no room for, oldest first, while it has room.
+    fn retry_states(&mut self) {
+        let full = self.out.as_ref().is_none_or(|out| out.is_full());
+        if self.unsent_states.is_empty() || full {
+            return;
+        }
+        for what in std::mem::take(&mut self.unsent_states) {
+            if let Shown::Charger(i) = what {
+                match self.chargers.slots.get_mut(i) {
+                    Some(slot) => slot.state_unsent = false,
+                    None => continue, // slots re-registered by a reload
+                }
+            }
+            self.send_state(what);
+        }
+    }
+
     /// Commits the batch; returns where its time went.
     fn commit(&mut self, p: &mut Pending, now_wall: i64) -> Result<CommitTimes, StoreError> {
         p.dirty_zones.sort();
@@ -1359,20 +1429,11 @@ impl Processor {
             .collect();
         // The live view first: the publisher renders retained state from it.
         self.live.update(chargers, zones);
-        if let Some(out) = &self.out {
-            for i in shown {
-                let key = &self.chargers.slots[i].key;
-                let _ = out.try_send(OutMsg::State {
-                    topic: format!("{prefix}/{}/state/charger/{}", key.site, key.charger),
-                    key: StateKey::Charger(key.site.clone(), key.charger.clone()),
-                });
-            }
-            for key in &p.dirty_zones {
-                let _ = out.try_send(OutMsg::State {
-                    topic: format!("{prefix}/{}/state/lounge/{}", key.site, key.zone),
-                    key: StateKey::Zone(key.site.clone(), key.zone.clone()),
-                });
-            }
+        for i in shown {
+            self.send_state(Shown::Charger(i));
+        }
+        for key in std::mem::take(&mut p.dirty_zones) {
+            self.send_state(Shown::Zone(key));
         }
         let show = shown_from.elapsed();
         if let Some(wal) = &self.wal {
@@ -1764,6 +1825,44 @@ mod tests {
         drop(tx);
         commit.join().expect("commit thread");
         assert_eq!(events(dir.path()), ["charging_started", "charging_stopped"]);
+    }
+
+    #[test]
+    fn a_state_the_publisher_had_no_room_for_is_sent_once_it_has() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sink = Recorder::default();
+        let mut p = processor(dir.path(), &sink);
+        // A publisher with room for one state at a time.
+        let (out, published) = flume::bounded(1);
+        p.out = Some(out);
+        let t0 = 1_795_000_000_000;
+        let mut batch: Vec<Inbound> = ["c1", "c2", "c3"]
+            .iter()
+            .map(|c| {
+                // Available: no event to take the publisher's room.
+                let mut m = telemetry(t0, "available", 0.0, 1);
+                m.topic = format!("evlounge/s1/charger/{c}/telemetry");
+                m
+            })
+            .collect();
+        // First sight: all three shown at once; one state fits.
+        p.process(&mut batch).expect("batch");
+        let topic = |m: OutMsg| match m {
+            OutMsg::State { topic, .. } => topic,
+            other => panic!("not a state: {other:?}"),
+        };
+        let mut sent = vec![topic(published.try_recv().expect("first state"))];
+        // Each later batch (nothing new in it) sends what waited, oldest first, while
+        // there is room.
+        for _ in 0..4 {
+            p.process(&mut []).expect("batch");
+            sent.extend(published.try_iter().map(topic));
+        }
+        assert_eq!(
+            sent,
+            ["c1", "c2", "c3"].map(|c| format!("evlounge/s1/state/charger/{c}"))
+        );
+        assert!(p.unsent_states.is_empty());
     }
 
     #[test]
