@@ -646,6 +646,7 @@ impl Processor {
                 }
             }
         }
+        self.show_all();
         let mut batch: Vec<Inbound> = Vec::with_capacity(BATCH_MAX);
         // Messages of a batch that panicked, retried one at a time to find the poison one.
         let mut singles: std::collections::VecDeque<Inbound> = std::collections::VecDeque::new();
@@ -1229,6 +1230,22 @@ impl Processor {
                 self.chargers.slots[i].state_unsent = true;
             }
             self.unsent_states.push(what);
+        }
+    }
+
+    /// Every charger and zone resumed from the store, to the MQTT publisher, once at start:
+    /// a broker that lost its retained messages while the daemon was down would otherwise
+    /// show nothing for a charger until its next message (an offline one: never).
+    fn show_all(&mut self) {
+        if self.out.is_none() {
+            return;
+        }
+        for i in 0..self.chargers.slots.len() {
+            self.send_state(Shown::Charger(i));
+        }
+        let zones: Vec<ZoneKey> = self.zones.keys().cloned().collect();
+        for key in zones {
+            self.send_state(Shown::Zone(key));
         }
     }
 
@@ -1863,6 +1880,54 @@ mod tests {
             ["c1", "c2", "c3"].map(|c| format!("evlounge/s1/state/charger/{c}"))
         );
         assert!(p.unsent_states.is_empty());
+    }
+
+    #[test]
+    fn every_resumed_charger_and_zone_is_shown_at_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sink = Recorder::default();
+        let t0 = 1_795_000_000_000;
+        let mut first = processor(dir.path(), &sink);
+        let mut batch: Vec<Inbound> = ["c1", "c2"]
+            .iter()
+            .map(|c| {
+                let mut m = telemetry(t0, "available", 0.0, 1);
+                m.topic = format!("evlounge/s1/charger/{c}/telemetry");
+                m
+            })
+            .collect();
+        let mut lounge = telemetry(t0, "available", 0.0, 1);
+        lounge.topic = "evlounge/s1/lounge/z1/door".into();
+        lounge.payload = format!(r#"{{"ts": {t0}, "occupancy": 3}}"#)
+            .into_bytes()
+            .into();
+        batch.push(lounge);
+        first.process(&mut batch).expect("batch");
+        drop(first);
+
+        // The next run: no message comes, and still every known topic is handed over.
+        let mut p = processor(dir.path(), &sink);
+        let (out, published) = flume::unbounded();
+        p.out = Some(out);
+        let (tx, rx) = flume::unbounded::<Inbound>();
+        drop(tx);
+        p.run(rx);
+        let mut topics: Vec<String> = published
+            .try_iter()
+            .filter_map(|m| match m {
+                OutMsg::State { topic, .. } => Some(topic),
+                _ => None,
+            })
+            .collect();
+        topics.sort();
+        assert_eq!(
+            topics,
+            [
+                "evlounge/s1/state/charger/c1",
+                "evlounge/s1/state/charger/c2",
+                "evlounge/s1/state/lounge/z1"
+            ]
+        );
     }
 
     #[test]
