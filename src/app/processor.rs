@@ -359,6 +359,8 @@ const FULL_SYNC_EVERY: Duration = Duration::from_secs(1);
 struct ZoneSlot {
     meta: ZoneMeta,
     machine: ZoneMachine,
+    /// In `Processor::unsent_states` (see `send_state`).
+    state_unsent: bool,
 }
 
 pub struct Processor {
@@ -551,6 +553,7 @@ impl Processor {
                     ZoneSlot {
                         machine: ZoneMachine::new(z),
                         meta: z.clone(),
+                        state_unsent: false,
                     },
                 );
             }
@@ -580,7 +583,14 @@ impl Processor {
             let meta = self.zone_meta(&key);
             match serde_json::from_str::<ZoneMachine>(&json) {
                 Ok(machine) => {
-                    self.zones.insert(key, ZoneSlot { meta, machine });
+                    self.zones.insert(
+                        key,
+                        ZoneSlot {
+                            meta,
+                            machine,
+                            state_unsent: false,
+                        },
+                    );
                 }
                 Err(e) => {
                     tracing::warn!(site = %key.site, zone = %key.zone, error = %e, "saved zone state unreadable; starting fresh")
@@ -750,6 +760,7 @@ impl Processor {
         if let Err(e) = self.save_unsaved() {
             tracing::error!(error = %e, "saving charger state at shutdown failed");
         }
+        self.hand_over_unsent(Duration::from_secs(2));
         if let Some(mut acker) = self.acker.take() {
             acker.finish();
         }
@@ -786,10 +797,13 @@ impl Processor {
     fn reload(&mut self) -> Result<(), StoreError> {
         self.chargers.clear();
         self.live_queue.clear();
+        // Its slot indices are about to mean other chargers; `show_all` covers them.
         self.unsent_states.clear();
         self.zones.clear();
         self.register_configured();
-        self.resume()
+        self.resume()?;
+        self.show_all();
+        Ok(())
     }
 
     fn process(&mut self, batch: &mut [Inbound]) -> Result<(), StoreError> {
@@ -1067,6 +1081,7 @@ impl Processor {
                         ZoneSlot {
                             machine: ZoneMachine::new(&meta),
                             meta,
+                            state_unsent: false,
                         },
                     );
                 }
@@ -1196,46 +1211,10 @@ impl Processor {
         share
     }
 
-    /// Tells the MQTT publisher that `what` has a new live state (it renders the retained
-    /// state from the live view when due). With the publisher's queue full, it is kept and
-    /// sent again by [`Processor::retry_states`]: dropped, a charger that then went quiet
-    /// would show a stale retained state until its next change.
-    fn send_state(&mut self, what: Shown) {
-        let Some(out) = &self.out else {
-            return;
-        };
-        if let Shown::Charger(i) = what {
-            if self.chargers.slots[i].state_unsent {
-                return; // already waiting; the publisher renders the latest anyway
-            }
-        } else if self.unsent_states.contains(&what) {
-            return;
-        }
-        let prefix = &self.cfg.mqtt.prefix;
-        let msg = match &what {
-            Shown::Charger(i) => {
-                let key = &self.chargers.slots[*i].key;
-                OutMsg::State {
-                    topic: format!("{prefix}/{}/state/charger/{}", key.site, key.charger),
-                    key: StateKey::Charger(key.site.clone(), key.charger.clone()),
-                }
-            }
-            Shown::Zone(key) => OutMsg::State {
-                topic: format!("{prefix}/{}/state/lounge/{}", key.site, key.zone),
-                key: StateKey::Zone(key.site.clone(), key.zone.clone()),
-            },
-        };
-        if let Err(flume::TrySendError::Full(_)) = out.try_send(msg) {
-            if let Shown::Charger(i) = what {
-                self.chargers.slots[i].state_unsent = true;
-            }
-            self.unsent_states.push(what);
-        }
-    }
-
-    /// Every charger and zone resumed from the store, to the MQTT publisher, once at start:
-    /// a broker that lost its retained messages while the daemon was down would otherwise
-    /// show nothing for a charger until its next message (an offline one: never).
+    /// Every charger and zone known, to the MQTT publisher: at start (the live view was
+    /// resumed from the store, and a broker that lost its retained messages while the
+    /// daemon was down would otherwise show nothing for a charger until its next message;
+    /// for an offline one, never) and after a reload (which forgets what was waiting).
     fn show_all(&mut self) {
         if self.out.is_none() {
             return;
@@ -1249,20 +1228,109 @@ impl Processor {
         }
     }
 
-    /// Sends the states the publisher had no room for, oldest first, while it has room.
-    fn retry_states(&mut self) {
-        let full = self.out.as_ref().is_none_or(|out| out.is_full());
-        if self.unsent_states.is_empty() || full {
-            return;
-        }
-        for what in std::mem::take(&mut self.unsent_states) {
-            if let Shown::Charger(i) = what {
-                match self.chargers.slots.get_mut(i) {
-                    Some(slot) => slot.state_unsent = false,
-                    None => continue, // slots re-registered by a reload
+    /// The publisher's message for `what`; `None` when it is gone (not expected: slots
+    /// and zones are only cleared by a reload, which also forgets `unsent_states`).
+    fn state_msg(&self, what: &Shown) -> Option<OutMsg> {
+        let prefix = &self.cfg.mqtt.prefix;
+        Some(match what {
+            Shown::Charger(i) => {
+                let key = &self.chargers.slots.get(*i)?.key;
+                OutMsg::State {
+                    topic: format!("{prefix}/{}/state/charger/{}", key.site, key.charger),
+                    key: StateKey::Charger(key.site.clone(), key.charger.clone()),
                 }
             }
-            self.send_state(what);
+            Shown::Zone(key) => OutMsg::State {
+                topic: format!("{prefix}/{}/state/lounge/{}", key.site, key.zone),
+                key: StateKey::Zone(key.site.clone(), key.zone.clone()),
+            },
+        })
+    }
+
+    /// Whether `what` waits in `unsent_states`.
+    fn is_unsent(&self, what: &Shown) -> bool {
+        match what {
+            Shown::Charger(i) => self.chargers.slots.get(*i).is_some_and(|s| s.state_unsent),
+            Shown::Zone(key) => self.zones.get(key).is_some_and(|z| z.state_unsent),
+        }
+    }
+
+    fn set_unsent(&mut self, what: &Shown, unsent: bool) {
+        match what {
+            Shown::Charger(i) => {
+                if let Some(s) = self.chargers.slots.get_mut(*i) {
+                    s.state_unsent = unsent;
+                }
+            }
+            Shown::Zone(key) => {
+                if let Some(z) = self.zones.get_mut(key) {
+                    z.state_unsent = unsent;
+                }
+            }
+        }
+    }
+
+    /// Tells the MQTT publisher that `what` has a new live state (it renders the retained
+    /// state from the live view when due). With the publisher's queue full, it is kept
+    /// (once) and sent again by [`Processor::retry_states`]: dropped, a charger that then
+    /// went quiet would show a stale retained state until its next change.
+    fn send_state(&mut self, what: Shown) {
+        // Already waiting: the publisher renders the latest state anyway.
+        if self.is_unsent(&what) {
+            return;
+        }
+        let (Some(out), Some(msg)) = (&self.out, self.state_msg(&what)) else {
+            return;
+        };
+        if let Err(flume::TrySendError::Full(_)) = out.try_send(msg) {
+            self.set_unsent(&what, true);
+            self.unsent_states.push(what);
+        }
+    }
+
+    /// Sends the states the publisher had no room for, oldest first, until it has no room
+    /// again.
+    fn retry_states(&mut self) {
+        let Some(out) = self.out.clone() else {
+            return;
+        };
+        let mut done = 0;
+        for what in &self.unsent_states {
+            let Some(msg) = self.state_msg(what) else {
+                done += 1;
+                continue;
+            };
+            match out.try_send(msg) {
+                Ok(()) => done += 1,
+                Err(flume::TrySendError::Full(_)) => break,
+                // The publisher stopped (shutting down): nothing to send to.
+                Err(flume::TrySendError::Disconnected(_)) => {
+                    done = self.unsent_states.len();
+                    break;
+                }
+            }
+        }
+        let sent: Vec<Shown> = self.unsent_states.drain(..done).collect();
+        for what in &sent {
+            self.set_unsent(what, false);
+        }
+    }
+
+    /// At exit: what still waits for the publisher, handed over while it drains its queue
+    /// (it stops after the commit thread), for at most `within`.
+    fn hand_over_unsent(&mut self, within: Duration) {
+        let Some(out) = self.out.clone() else {
+            return;
+        };
+        let deadline = Instant::now() + within;
+        for what in std::mem::take(&mut self.unsent_states) {
+            self.set_unsent(&what, false);
+            if let Some(msg) = self.state_msg(&what) {
+                if out.send_deadline(msg, deadline).is_err() {
+                    tracing::warn!("the MQTT publisher took no more retained state at exit");
+                    break;
+                }
+            }
         }
     }
 
@@ -1449,7 +1517,7 @@ impl Processor {
         for i in shown {
             self.send_state(Shown::Charger(i));
         }
-        for key in std::mem::take(&mut p.dirty_zones) {
+        for key in p.dirty_zones.drain(..) {
             self.send_state(Shown::Zone(key));
         }
         let show = shown_from.elapsed();
@@ -1844,6 +1912,24 @@ mod tests {
         assert_eq!(events(dir.path()), ["charging_started", "charging_stopped"]);
     }
 
+    /// First telemetry (available: no event) of chargers `ids`, one message each.
+    fn first_sight(ids: &[&str], t0: i64) -> Vec<Inbound> {
+        ids.iter()
+            .map(|c| {
+                let mut m = telemetry(t0, "available", 0.0, 1);
+                m.topic = format!("evlounge/s1/charger/{c}/telemetry");
+                m
+            })
+            .collect()
+    }
+
+    fn state_topic(m: OutMsg) -> String {
+        match m {
+            OutMsg::State { topic, .. } => topic,
+            other => panic!("not a state: {other:?}"),
+        }
+    }
+
     #[test]
     fn a_state_the_publisher_had_no_room_for_is_sent_once_it_has() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -1853,33 +1939,84 @@ mod tests {
         let (out, published) = flume::bounded(1);
         p.out = Some(out);
         let t0 = 1_795_000_000_000;
-        let mut batch: Vec<Inbound> = ["c1", "c2", "c3"]
-            .iter()
-            .map(|c| {
-                // Available: no event to take the publisher's room.
-                let mut m = telemetry(t0, "available", 0.0, 1);
-                m.topic = format!("evlounge/s1/charger/{c}/telemetry");
-                m
-            })
-            .collect();
         // First sight: all three shown at once; one state fits.
-        p.process(&mut batch).expect("batch");
-        let topic = |m: OutMsg| match m {
-            OutMsg::State { topic, .. } => topic,
-            other => panic!("not a state: {other:?}"),
-        };
-        let mut sent = vec![topic(published.try_recv().expect("first state"))];
+        p.process(&mut first_sight(&["c1", "c2", "c3"], t0))
+            .expect("batch");
+        // Shown again while still waiting: kept once, not twice.
+        p.send_state(Shown::Charger(2));
+        assert_eq!(p.unsent_states, [Shown::Charger(1), Shown::Charger(2)]);
+        let mut sent = vec![state_topic(published.try_recv().expect("first state"))];
         // Each later batch (nothing new in it) sends what waited, oldest first, while
-        // there is room.
-        for _ in 0..4 {
+        // there is room, and keeps the rest.
+        p.process(&mut []).expect("batch");
+        assert_eq!(p.unsent_states, [Shown::Charger(2)]);
+        for _ in 0..3 {
+            sent.extend(published.try_iter().map(state_topic));
             p.process(&mut []).expect("batch");
-            sent.extend(published.try_iter().map(topic));
         }
+        sent.extend(published.try_iter().map(state_topic));
         assert_eq!(
             sent,
             ["c1", "c2", "c3"].map(|c| format!("evlounge/s1/state/charger/{c}"))
         );
         assert!(p.unsent_states.is_empty());
+        assert!(!p.is_unsent(&Shown::Charger(2)));
+    }
+
+    #[test]
+    fn states_still_waiting_at_exit_are_handed_over() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sink = Recorder::default();
+        let mut p = processor(dir.path(), &sink);
+        let (out, published) = flume::bounded(1);
+        p.out = Some(out);
+        p.process(&mut first_sight(&["c1", "c2", "c3"], 1_795_000_000_000))
+            .expect("batch");
+        assert_eq!(p.unsent_states.len(), 2);
+        // The publisher keeps draining while the commit thread stops.
+        let publisher = std::thread::spawn(move || {
+            let mut topics = Vec::new();
+            while let Ok(m) = published.recv_timeout(Duration::from_secs(5)) {
+                topics.push(state_topic(m));
+            }
+            topics
+        });
+        let (tx, rx) = flume::unbounded::<Inbound>();
+        drop(tx);
+        p.run(rx); // returns when it has handed over what waited; drops the sender
+        let mut topics = publisher.join().expect("publisher");
+        topics.sort();
+        topics.dedup();
+        assert_eq!(
+            topics,
+            ["c1", "c2", "c3"].map(|c| format!("evlounge/s1/state/charger/{c}"))
+        );
+    }
+
+    #[test]
+    fn a_reload_shows_every_charger_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sink = Recorder::default();
+        let mut p = processor(dir.path(), &sink);
+        let (out, published) = flume::bounded(1);
+        p.out = Some(out);
+        p.process(&mut first_sight(&["c1", "c2"], 1_795_000_000_000))
+            .expect("batch");
+        assert_eq!(p.unsent_states, [Shown::Charger(1)]);
+        assert_eq!(published.try_iter().count(), 1, "c1");
+        // A failed commit reloads: what waited is forgotten with the slots it indexed, and
+        // every charger is handed over again instead.
+        p.reload().expect("reload");
+        let mut sent: Vec<String> = published.try_iter().map(state_topic).collect();
+        for _ in 0..3 {
+            p.process(&mut []).expect("batch");
+            sent.extend(published.try_iter().map(state_topic));
+        }
+        sent.sort();
+        assert_eq!(
+            sent,
+            ["c1", "c2"].map(|c| format!("evlounge/s1/state/charger/{c}"))
+        );
     }
 
     #[test]
@@ -1888,14 +2025,7 @@ mod tests {
         let sink = Recorder::default();
         let t0 = 1_795_000_000_000;
         let mut first = processor(dir.path(), &sink);
-        let mut batch: Vec<Inbound> = ["c1", "c2"]
-            .iter()
-            .map(|c| {
-                let mut m = telemetry(t0, "available", 0.0, 1);
-                m.topic = format!("evlounge/s1/charger/{c}/telemetry");
-                m
-            })
-            .collect();
+        let mut batch = first_sight(&["c1", "c2"], t0);
         let mut lounge = telemetry(t0, "available", 0.0, 1);
         lounge.topic = "evlounge/s1/lounge/z1/door".into();
         lounge.payload = format!(r#"{{"ts": {t0}, "occupancy": 3}}"#)
