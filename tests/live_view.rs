@@ -1,7 +1,7 @@
 //! The live view against a real Mosquitto: plain telemetry is coalesced (at most one live
 //! update per charger per `live_every`, the trailing one shown by the tick), a status
 //! change is shown at once, and the retained state topics are published again after a
-//! reconnect to a broker that lost them.
+//! reconnect to a broker that lost them, and at start.
 //!
 //! "At once" is checked with a fence instead of a stopwatch: the commit thread applies
 //! messages in arrival order, so once a message published *after* the status change (for
@@ -381,6 +381,65 @@ async fn retained_state_is_published_again_after_the_broker_lost_it() {
         d.metric("evlounge_mqtt_messages_total{kind=\"telemetry\"}"),
         2.0,
         "no telemetry after the restart"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_state_comes_back_when_daemon_and_broker_restart_without_a_message() {
+    // The daemon stops; the broker restarts meanwhile and forgets every retained message;
+    // the daemon starts again from its store and no charger sends anything: their last
+    // states are retained again all the same.
+    let mut broker = Mosquitto::start_volatile();
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Daemon::start(dir.path(), &config(&broker));
+    let publ = MqttClient::connect(broker.port, "t-pub-restart", &[]).await;
+    let t0 = base_ts();
+    publ.publish(TOPIC, msg(t0, "charging", 100.0, 30.0, 0.0))
+        .await;
+    publ.publish(
+        "evlounge/milano/charger/ac-7/telemetry",
+        msg(t0, "charging", 11.0, 40.0, 0.0),
+    )
+    .await;
+    publ.wait_acked().await;
+    wait_for_async(
+        "retained state of both chargers from the first run",
+        Duration::from_secs(10),
+        || async {
+            let got = probe(broker.port).await?;
+            (state_of(&got, "hpc-3").is_some() && state_of(&got, "ac-7").is_some()).then_some(())
+        },
+    )
+    .await;
+    drop(publ);
+    assert_eq!(first.stop(), Some(0));
+    broker.restart();
+    let empty = probe(broker.port).await.expect("probe");
+    assert!(
+        state_of(&empty, "hpc-3").is_none() && state_of(&empty, "ac-7").is_none(),
+        "the broker kept retained state across the restart, so this proves nothing: {empty:?}"
+    );
+
+    let second = Daemon::start(dir.path(), &config(&broker));
+    let after = wait_for_async(
+        "retained state of both chargers from the second run",
+        Duration::from_secs(30),
+        || async {
+            let got = probe(broker.port).await?;
+            (state_of(&got, "hpc-3").is_some() && state_of(&got, "ac-7").is_some()).then_some(got)
+        },
+    )
+    .await;
+    for (id, power) in [("hpc-3", 100.0), ("ac-7", 11.0)] {
+        let (_, v, retained, _) = state_of(&after, id).expect("state");
+        assert!(retained, "{id}: {v}");
+        assert_eq!(v["status"], "charging", "{v}");
+        assert!(close(&v["power_kw"], power), "{v}");
+    }
+    assert_eq!(
+        second.metric("evlounge_mqtt_messages_total{kind=\"telemetry\"}"),
+        0.0,
+        "no telemetry in the second run"
     );
 }
 

@@ -1211,18 +1211,26 @@ impl Processor {
         share
     }
 
-    /// Every charger and zone known, to the MQTT publisher: at start (the live view was
-    /// resumed from the store, and a broker that lost its retained messages while the
-    /// daemon was down would otherwise show nothing for a charger until its next message;
-    /// for an offline one, never) and after a reload (which forgets what was waiting).
+    /// Every charger and zone heard from (resumed from the store), to the MQTT publisher:
+    /// at start (a broker that lost its retained messages while the daemon was down would
+    /// otherwise show nothing for a charger until its next message; for an offline one,
+    /// never) and after a reload (which forgets what was waiting). One never heard from
+    /// has no retained state yet, as before its first message.
     fn show_all(&mut self) {
         if self.out.is_none() {
             return;
         }
         for i in 0..self.chargers.slots.len() {
-            self.send_state(Shown::Charger(i));
+            if self.chargers.slots[i].machine.last_ts().is_some() {
+                self.send_state(Shown::Charger(i));
+            }
         }
-        let zones: Vec<ZoneKey> = self.zones.keys().cloned().collect();
+        let zones: Vec<ZoneKey> = self
+            .zones
+            .iter()
+            .filter(|(_, z)| z.machine.last_ts().is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
         for key in zones {
             self.send_state(Shown::Zone(key));
         }

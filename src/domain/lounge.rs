@@ -65,6 +65,11 @@ impl ZoneMachine {
         ZoneMachine::default()
     }
 
+    /// The time of the last reading applied; `None` before the first.
+    pub fn last_ts(&self) -> Option<TsMs> {
+        self.last_ts
+    }
+
     pub fn step(&mut self, meta: &ZoneMeta, sensor: &str, r: &LoungeReading) -> ZoneStep {
         if self.sensors.get(sensor).is_some_and(|s| r.ts <= s.last_ts) {
             return ZoneStep::default();
