@@ -310,22 +310,28 @@ fn state_of<'a>(got: &'a [Got], charger: &str) -> Option<&'a Got> {
     })
 }
 
+/// hpc-3 (configured) at 100 kW and ac-7 (auto-registered: every state shown comes back,
+/// not only configured ones) at 11 kW, both charging; the publisher, to publish more.
+async fn two_chargers_charging(port: u16, client_id: &str) -> MqttClient {
+    let publ = MqttClient::connect(port, client_id, &[]).await;
+    let t0 = base_ts();
+    publ.publish(TOPIC, msg(t0, "charging", 100.0, 30.0, 0.0))
+        .await;
+    publ.publish(
+        "evlounge/milano/charger/ac-7/telemetry",
+        msg(t0, "charging", 11.0, 40.0, 0.0),
+    )
+    .await;
+    publ
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retained_state_is_published_again_after_the_broker_lost_it() {
     // No persistence: a restart forgets every retained message (and our sessions).
     let mut broker = Mosquitto::start_volatile();
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(dir.path(), &config(&broker));
-    let publ = MqttClient::connect(broker.port, "t-pub-retained", &[]).await;
-    let t0 = base_ts();
-    publ.publish(TOPIC, msg(t0, "charging", 100.0, 30.0, 0.0))
-        .await;
-    // A second charger, auto-registered: every state shown comes back, not only one.
-    publ.publish(
-        "evlounge/milano/charger/ac-7/telemetry",
-        msg(t0, "charging", 11.0, 40.0, 0.0),
-    )
-    .await;
+    let publ = two_chargers_charging(broker.port, "t-pub-retained").await;
     publ.client
         .publish(SENTINEL, QoS::AtLeastOnce, true, "before the restart")
         .await
@@ -392,15 +398,7 @@ async fn retained_state_comes_back_when_daemon_and_broker_restart_without_a_mess
     let mut broker = Mosquitto::start_volatile();
     let dir = tempfile::tempdir().unwrap();
     let mut first = Daemon::start(dir.path(), &config(&broker));
-    let publ = MqttClient::connect(broker.port, "t-pub-restart", &[]).await;
-    let t0 = base_ts();
-    publ.publish(TOPIC, msg(t0, "charging", 100.0, 30.0, 0.0))
-        .await;
-    publ.publish(
-        "evlounge/milano/charger/ac-7/telemetry",
-        msg(t0, "charging", 11.0, 40.0, 0.0),
-    )
-    .await;
+    let publ = two_chargers_charging(broker.port, "t-pub-restart").await;
     publ.wait_acked().await;
     wait_for_async(
         "retained state of both chargers from the first run",

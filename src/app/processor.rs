@@ -1931,6 +1931,13 @@ mod tests {
             .collect()
     }
 
+    /// `p` with an MQTT publisher that has room for `room` states at a time.
+    fn with_publisher(mut p: Processor, room: usize) -> (Processor, flume::Receiver<OutMsg>) {
+        let (out, published) = flume::bounded(room);
+        p.out = Some(out);
+        (p, published)
+    }
+
     fn state_topic(m: OutMsg) -> String {
         match m {
             OutMsg::State { topic, .. } => topic,
@@ -1942,10 +1949,7 @@ mod tests {
     fn a_state_the_publisher_had_no_room_for_is_sent_once_it_has() {
         let dir = tempfile::tempdir().expect("tempdir");
         let sink = Recorder::default();
-        let mut p = processor(dir.path(), &sink);
-        // A publisher with room for one state at a time.
-        let (out, published) = flume::bounded(1);
-        p.out = Some(out);
+        let (mut p, published) = with_publisher(processor(dir.path(), &sink), 1);
         let t0 = 1_795_000_000_000;
         // First sight: all three shown at once; one state fits.
         p.process(&mut first_sight(&["c1", "c2", "c3"], t0))
@@ -1975,9 +1979,7 @@ mod tests {
     fn states_still_waiting_at_exit_are_handed_over() {
         let dir = tempfile::tempdir().expect("tempdir");
         let sink = Recorder::default();
-        let mut p = processor(dir.path(), &sink);
-        let (out, published) = flume::bounded(1);
-        p.out = Some(out);
+        let (mut p, published) = with_publisher(processor(dir.path(), &sink), 1);
         p.process(&mut first_sight(&["c1", "c2", "c3"], 1_795_000_000_000))
             .expect("batch");
         assert_eq!(p.unsent_states.len(), 2);
@@ -2005,9 +2007,7 @@ mod tests {
     fn a_reload_shows_every_charger_again() {
         let dir = tempfile::tempdir().expect("tempdir");
         let sink = Recorder::default();
-        let mut p = processor(dir.path(), &sink);
-        let (out, published) = flume::bounded(1);
-        p.out = Some(out);
+        let (mut p, published) = with_publisher(processor(dir.path(), &sink), 1);
         p.process(&mut first_sight(&["c1", "c2"], 1_795_000_000_000))
             .expect("batch");
         assert_eq!(p.unsent_states, [Shown::Charger(1)]);
@@ -2044,9 +2044,7 @@ mod tests {
         drop(first);
 
         // The next run: no message comes, and still every known topic is handed over.
-        let mut p = processor(dir.path(), &sink);
-        let (out, published) = flume::unbounded();
-        p.out = Some(out);
+        let (p, published) = with_publisher(processor(dir.path(), &sink), 16);
         let (tx, rx) = flume::unbounded::<Inbound>();
         drop(tx);
         p.run(rx);
