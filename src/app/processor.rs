@@ -1299,6 +1299,9 @@ impl Processor {
     /// Sends the states the publisher had no room for, oldest first, until it has no room
     /// again.
     fn retry_states(&mut self) {
+        if self.unsent_states.is_empty() {
+            return;
+        }
         let Some(out) = self.out.clone() else {
             return;
         };
