@@ -1118,21 +1118,20 @@ impl Processor {
     /// Applies telemetry to the charger in slot `i`; its point is encoded straight into the
     /// batch's line-protocol buffer (when there is a time-series output at all).
     ///
-    /// A redelivered message the machine had applied already decides nothing again, but its
-    /// point is written again: the commit that applied it may have reached the store and
-    /// its lines not the spool (a crash or power cut after the commit, before the ack
-    /// thread wrote and synced them; see `commit`). The TSDB overwrites the same series and
-    /// timestamp.
+    /// A message no newer than the charger's last one (a charger flushing readings it
+    /// buffered while offline, a duplicate, a redelivery) decides nothing, but its point is
+    /// written all the same: it is a reading at its own time, and the TSDB overwrites the
+    /// same series and timestamp. For a redelivery that matters: the commit that applied it
+    /// may have reached the store and its lines not the spool (a crash or power cut after
+    /// the commit, before the ack thread wrote and synced them; see `commit`), whether or
+    /// not the broker marked it DUP.
     fn telemetry(&mut self, i: usize, t: &Telemetry, m: &Inbound, p: &mut Pending) {
         let slot = &mut self.chargers.slots[i];
         let step = slot.machine.step(&slot.meta, ChargerInput::Telemetry(t));
-        if !step.applied {
-            self.meters.out_of_order.increment(1);
-            if !m.redelivered {
-                return;
-            }
-        } else {
+        if step.applied {
             slot.last_wall_ms = m.recv_ms;
+        } else {
+            self.meters.out_of_order.increment(1);
         }
         if self.points {
             let status = t.status.map(|s| s.as_str()).unwrap_or("unknown");
@@ -2070,7 +2069,7 @@ mod tests {
     }
 
     #[test]
-    fn a_redelivered_message_writes_its_point_again_and_decides_nothing_again() {
+    fn an_old_or_repeated_message_writes_its_point_and_decides_nothing_again() {
         let dir = tempfile::tempdir().expect("tempdir");
         let sink = Recorder::default();
         let mut p = processor(dir.path(), &sink);
@@ -2082,16 +2081,28 @@ mod tests {
         let decided = events(dir.path());
         assert_eq!(decided, ["charging_started"]);
 
-        // The same message again, published twice: ignored, no point.
+        // The same message again, published twice, or redelivered (DUP): the same point
+        // again (the TSDB overwrites it), the same decisions.
         p.process(&mut [telemetry(t0, "charging", 120.0, 2)])
             .expect("batch");
-        assert_eq!(sink.charger_lines(), first);
-
-        // Redelivered (DUP): the same point again, the same decisions.
         let mut again = telemetry(t0, "charging", 120.0, 1);
         again.redelivered = true;
         p.process(&mut [again]).expect("batch");
-        assert_eq!(sink.charger_lines(), [first[0].clone(), first[0].clone()]);
+        assert_eq!(sink.charger_lines(), [&first[0]; 3].map(String::clone));
+        assert_eq!(events(dir.path()), decided);
+
+        // A reading older than the last one (buffered while the charger was offline): its
+        // own point, at its own time; it decides nothing (no `charging_stopped`).
+        p.process(&mut [telemetry(t0 + 1_000, "charging", 118.0, 3)])
+            .expect("batch");
+        p.process(&mut [telemetry(t0 + 500, "available", 0.0, 4)])
+            .expect("batch");
+        let lines = sink.charger_lines();
+        assert_eq!(lines.len(), 5);
+        assert!(
+            lines[4].contains("status=available") && lines[4].ends_with(&(t0 + 500).to_string()),
+            "{lines:?}"
+        );
         assert_eq!(events(dir.path()), decided);
     }
 
