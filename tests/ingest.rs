@@ -103,6 +103,40 @@ async fn survives_broker_restart_and_gets_queued_messages() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_added_while_the_broker_kept_the_session_is_subscribed() {
+    // The broker keeps the daemon's session across its restart (the same client id, kept
+    // in the data dir). The second run listens under another prefix: its subscriptions
+    // must be made although the broker says the session is present.
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Daemon::start(dir.path(), &config(&broker));
+    assert_eq!(first.stop(), Some(0));
+    let second = Daemon::start(
+        dir.path(),
+        &format!("[mqtt]\nurl = \"{}\"\nprefix = \"lounge2\"\n", broker.url()),
+    );
+    let c = MqttClient::connect(broker.port, "t-pub-prefix", &[]).await;
+    c.publish(
+        "lounge2/milano/charger/hpc-1/telemetry",
+        r#"{"status":"charging","power_kw":120.5}"#,
+    )
+    .await;
+    c.wait_acked().await;
+    wait_metric(
+        &second,
+        "evlounge_mqtt_messages_total{kind=\"telemetry\"}",
+        1.0,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(
+        second.log().contains("session_present=true"),
+        "the broker did not keep the session, so this proves nothing: {}",
+        second.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_flood_is_counted_and_skipped() {
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();

@@ -191,6 +191,9 @@ impl Ingest {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
         let mut outage_since: Option<Instant> = None;
         let mut connected_at: Option<Instant> = None;
+        // This run's subscriptions: all acknowledged (`subscribed`), how many SubAcks are
+        // still to come, and whether one was refused or could not be sent.
+        let (mut subscribed, mut subacks_due, mut suback_failed) = (false, 0usize, false);
         let client = self.handle.client.clone();
         let depth = metrics::gauge!("evlounge_ingest_queue_depth");
         // One future for the whole run, not one per message (each registered and dropped a
@@ -212,9 +215,13 @@ impl Ingest {
                         .session_present
                         .store(ack.session_present, Ordering::Release);
                     self.handle.state.connacks.fetch_add(1, Ordering::AcqRel);
-                    // Ready once our subscriptions stand: at once when the broker kept the
-                    // session, else at the SubAck of the resubscription.
-                    if ack.session_present {
+                    // Ready once our subscriptions stand: at once when the broker kept a
+                    // session this run subscribed in, else at the SubAck. A session kept
+                    // from an earlier run may lack filters added since (a new source, a
+                    // new prefix), or one refused then: each run subscribes once itself
+                    // (subscribing again is harmless).
+                    let resubscribe = !ack.session_present || !subscribed;
+                    if !resubscribe {
                         self.mark_connected(true);
                     }
                     connected_at = Some(Instant::now());
@@ -233,10 +240,17 @@ impl Ingest {
                             "mqtt connected"
                         ),
                     }
-                    if !ack.session_present {
+                    if resubscribe {
+                        subscribed = false;
+                        suback_failed = false;
+                        subacks_due = 0;
                         for f in &self.filters {
-                            if let Err(e) = client.try_subscribe(f.clone(), QoS::AtLeastOnce) {
-                                tracing::error!(filter = %f, error = %e, "subscribe request failed");
+                            match client.try_subscribe(f.clone(), QoS::AtLeastOnce) {
+                                Ok(()) => subacks_due += 1,
+                                Err(e) => {
+                                    suback_failed = true;
+                                    tracing::error!(filter = %f, error = %e, "subscribe request failed");
+                                }
                             }
                         }
                     }
@@ -288,9 +302,14 @@ impl Ingest {
                 Ok(Event::Incoming(Packet::SubAck(s))) => {
                     for code in &s.return_codes {
                         if matches!(code, rumqttc::SubscribeReasonCode::Failure) {
+                            suback_failed = true;
                             tracing::error!("broker refused a subscription");
                         }
                     }
+                    subacks_due = subacks_due.saturating_sub(1);
+                    // All of them stand: a reconnect to this session needs none again (a
+                    // refused or unsent one is asked for again on the next connection).
+                    subscribed = subacks_due == 0 && !suback_failed;
                     self.mark_connected(true);
                 }
                 Ok(_) => {}
