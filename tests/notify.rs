@@ -284,6 +284,37 @@ async fn receiver_503_then_recovers_is_delivered_once_with_attempts_recorded() {
 }
 
 #[tokio::test]
+async fn a_redirect_is_not_followed_and_the_notification_is_retried() {
+    // Followed, a 302 turns the POST into a body-less GET that the other end may answer
+    // 200 ("delivered", nothing sent).
+    let r = Receiver::start().await;
+    r.state.redirect_first.store(1, Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let db = db_in(&dir);
+    let conn = open_store(&db);
+    let cfg = webhook_cfg(&r);
+    link(&conn, &cfg, Channel::Webhook, "crm:1", Lang::En, Some("A"));
+    commit_event(&conn, &complete_event("e-302"), "A", now_ms());
+    let w = Worker::start(&cfg, &db, None);
+    w.wake.notify_one();
+    wait_until("delivered after the redirect", || all_done(&conn, 1)).await;
+    w.stop().await;
+    let log = r.log();
+    assert_eq!(
+        log.iter()
+            .map(|q| (q.path.as_str(), q.answered, q.body.is_empty()))
+            .collect::<Vec<_>>(),
+        [("/hook", 302, false), ("/hook", 200, false)],
+        "the redirect was followed"
+    );
+    assert_eq!(
+        statuses(&conn),
+        vec![("e-302".into(), "delivered".into(), 2)]
+    );
+    assert_eq!(attempts(&conn)[0].1, Some(302));
+}
+
+#[tokio::test]
 async fn hanging_receiver_times_out_and_is_retried() {
     let r = Receiver::start().await;
     r.state.hang_first.store(1, Ordering::SeqCst);

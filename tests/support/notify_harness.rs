@@ -152,6 +152,8 @@ pub struct ReceiverState {
     pub log: Mutex<Vec<Received>>,
     pub fail_first: AtomicUsize,
     pub hang_first: AtomicUsize,
+    /// Answers this many requests with `302 Location: /moved` first.
+    pub redirect_first: AtomicUsize,
     pub retry_after: Mutex<Option<&'static str>>,
 }
 
@@ -248,10 +250,18 @@ pub async fn handle(
             .fail_first
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok();
+    let redirect = !hang
+        && !fail
+        && st
+            .redirect_first
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
     let answered = if hang {
         0
     } else if fail {
         503
+    } else if redirect {
+        302
     } else {
         200
     };
@@ -272,6 +282,9 @@ pub async fn handle(
             h.insert("retry-after", ra.parse().unwrap());
         }
         return (StatusCode::SERVICE_UNAVAILABLE, h, "busy").into_response();
+    }
+    if redirect {
+        return (StatusCode::FOUND, [("location", "/moved")], "moved").into_response();
     }
     (StatusCode::OK, "ok").into_response()
 }

@@ -95,6 +95,13 @@ impl DeliveryError {
                 status: Some(status),
                 retry_after,
             }),
+            // Redirects are not followed: the configured URL is wrong (http for https, a
+            // moved server). Retried until max age, so fixing the URL still delivers.
+            300..=399 => Err(DeliveryError::Retry {
+                reason: format!("http {status}: redirected; check the configured url"),
+                status: Some(status),
+                retry_after: None,
+            }),
             _ => Err(DeliveryError::Permanent {
                 reason: format!("http {status}"),
                 status: Some(status),
@@ -123,7 +130,9 @@ impl DeliveryError {
     }
 }
 
-/// `Retry-After` in seconds (the HTTP-date form is rare for these receivers and ignored).
+/// `Retry-After` in seconds (the HTTP-date form is rare for these receivers and ignored),
+/// at most a day: the row expires at max age anyway, and a receiver's huge value must not
+/// overflow the due time.
 pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     headers
         .get(reqwest::header::RETRY_AFTER)?
@@ -132,7 +141,7 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         .trim()
         .parse::<u64>()
         .ok()
-        .map(Duration::from_secs)
+        .map(|s| Duration::from_secs(s.min(86_400)))
 }
 
 /// A delivery channel.
@@ -145,9 +154,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn retry_after_is_read_in_seconds_and_capped_at_a_day() {
+        let h = |v: &str| {
+            let mut m = reqwest::header::HeaderMap::new();
+            m.insert(reqwest::header::RETRY_AFTER, v.parse().expect("header"));
+            retry_after(&m)
+        };
+        assert_eq!(h("7"), Some(Duration::from_secs(7)));
+        assert_eq!(h("9223372036854775807"), Some(Duration::from_secs(86_400)));
+        assert_eq!(h("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+    }
+
+    #[test]
     fn http_status_classes() {
         assert_eq!(DeliveryError::from_http(204, None), Ok(()));
-        for s in [408, 429, 500, 502, 503, 504] {
+        // 3xx: redirects are not followed; a wrong URL is retried until max age.
+        for s in [301, 302, 307, 308, 408, 429, 500, 502, 503, 504] {
             assert!(
                 DeliveryError::from_http(s, None)
                     .unwrap_err()

@@ -18,6 +18,9 @@ impl Ntfy {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
+            // A redirect would turn the POST into a body-less GET (which ntfy answers
+            // 200 with its web app: "delivered", nothing sent): answered as it is.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Ntfy { cfg, client })
     }

@@ -31,6 +31,9 @@ impl Webhook {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
+            // A redirect would turn the POST into a body-less GET (which ntfy answers
+            // 200 with its web app: "delivered", nothing sent): answered as it is.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Webhook { cfg, client })
     }

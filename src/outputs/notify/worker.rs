@@ -479,8 +479,10 @@ async fn attempt(shared: &Arc<Shared>, job: Job) {
         Err(DeliveryError::Retry { retry_after, .. }) => {
             let delay = backoff(cfg, attempt_no, *retry_after);
             // Never later than the expiry: the row is then claimed once more and expired.
-            let due =
-                (finished_ms + delay.as_millis() as i64).min(job.created_ms + max_age_ms(cfg));
+            let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+            let due = finished_ms
+                .saturating_add(delay_ms)
+                .min(job.created_ms.saturating_add(max_age_ms(cfg)));
             (None, Some(due))
         }
     };
