@@ -177,8 +177,9 @@ pub async fn run_with(
     let out_task = tokio::spawn(mqtt_out.run(out_stop_rx));
 
     let (notify_stop_tx, notify_stop_rx) = watch::channel(false);
-    let mqtt_pub: Arc<dyn crate::outputs::notify::MqttPublish> =
-        Arc::new(wiring::ClientPublish(handle.client.clone()));
+    let mqtt_pub: Arc<dyn crate::outputs::notify::MqttPublish> = Arc::new(
+        wiring::AckedPublish::new(cfg.mqtt.clone(), format!("{client_id}-notify")),
+    );
     let notify_task = tokio::spawn(crate::outputs::notify::run_worker(
         (*notify_cfg).clone(),
         crate::store::db_path(&cfg.data_dir),

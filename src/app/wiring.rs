@@ -188,16 +188,65 @@ impl CommitHook for NotifyHook {
     }
 }
 
-/// The notification worker's MQTT channel on the daemon's client.
-pub struct ClientPublish(pub rumqttc::AsyncClient);
+/// The notification worker's MQTT channel: each notification on a short connection of its
+/// own, done once the broker has acknowledged it (PUBACK). On the daemon's client, a
+/// publish returned as soon as the request was queued, and a notification handed over
+/// while the broker was away was recorded delivered and lost with a restart. Deliveries
+/// are rare and go one at a time; a connection per delivery keeps its PUBACK the only one
+/// that can come.
+pub struct AckedPublish {
+    cfg: crate::config::MqttConfig,
+    client_id: String,
+    one_at_a_time: tokio::sync::Mutex<()>,
+}
 
-impl notify::MqttPublish for ClientPublish {
+impl AckedPublish {
+    pub fn new(cfg: crate::config::MqttConfig, client_id: String) -> Self {
+        AckedPublish {
+            cfg,
+            client_id,
+            one_at_a_time: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    async fn publish_acked(&self, topic: String, payload: Vec<u8>) -> Result<(), String> {
+        use rumqttc::{Event, Outgoing, Packet, QoS};
+        let _one = self.one_at_a_time.lock().await;
+        let opts = crate::ingest::mqtt::connection_options(&self.cfg, &self.client_id)
+            .map_err(|e| e.to_string())?;
+        let (client, mut events) = rumqttc::AsyncClient::new(opts, 4);
+        client
+            .try_publish(topic, QoS::AtLeastOnce, false, payload)
+            .map_err(|e| e.to_string())?;
+        // The caller's attempt timeout bounds this; dropping the event loop closes the
+        // connection.
+        let mut pkid = None;
+        loop {
+            match events.poll().await {
+                Ok(Event::Outgoing(Outgoing::Publish(id))) => pkid = Some(id),
+                Ok(Event::Incoming(Packet::PubAck(ack))) if Some(ack.pkid) == pkid => break,
+                Ok(_) => {}
+                // Connection refused, reset, TLS: the worker retries with backoff.
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        // A clean goodbye (best effort, briefly): the broker need not log a dropped client.
+        if client.try_disconnect().is_ok() {
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(200), async {
+                while let Ok(ev) = events.poll().await {
+                    if let Event::Outgoing(Outgoing::Disconnect) = ev {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
+        Ok(())
+    }
+}
+
+impl notify::MqttPublish for AckedPublish {
     fn publish(&self, topic: String, payload: Vec<u8>) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(async move {
-            self.0
-                .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
-                .await
-                .map_err(|e| e.to_string())
-        })
+        Box::pin(self.publish_acked(topic, payload))
     }
 }

@@ -87,8 +87,7 @@ pub fn subscriptions(prefix: &str, extra: &[String]) -> Vec<String> {
 
 /// Builds the client options (persistent session, manual acks, last will).
 pub fn options(cfg: &MqttConfig, client_id: &str) -> anyhow::Result<MqttOptions> {
-    let mut o = MqttOptions::new(client_id, cfg.host.clone(), cfg.port);
-    o.set_keep_alive(cfg.keep_alive);
+    let mut o = connection_options(cfg, client_id)?;
     o.set_clean_session(false);
     o.set_manual_acks(true);
     // The transport limit is kept high on purpose: a packet over it drops the connection
@@ -102,6 +101,14 @@ pub fn options(cfg: &MqttConfig, client_id: &str) -> anyhow::Result<MqttOptions>
         QoS::AtLeastOnce,
         true,
     ));
+    Ok(o)
+}
+
+/// Broker address, keep-alive, credentials and TLS: what every connection of the daemon
+/// shares (clean session, no last will).
+pub fn connection_options(cfg: &MqttConfig, client_id: &str) -> anyhow::Result<MqttOptions> {
+    let mut o = MqttOptions::new(client_id, cfg.host.clone(), cfg.port);
+    o.set_keep_alive(cfg.keep_alive);
     if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
         o.set_credentials(u.clone(), p.expose().to_string());
     }
