@@ -897,7 +897,7 @@ impl Validator {
             &n.retention,
             Duration::from_secs(30 * 86400),
         );
-        let max_attempts = self.positive("notify.max_attempts", n.max_attempts, 10) as u32;
+        let max_attempts = self.positive("notify.max_attempts", n.max_attempts, 30) as u32;
         let max_age = self.duration("notify.max_age", &n.max_age, Duration::from_secs(3600));
         let attempt_timeout = self.duration(
             "notify.attempt_timeout",

@@ -71,7 +71,10 @@ impl NotifyConfig {
             mqtt_enabled: true,
             mqtt_prefix: "evlounge".to_string(),
             retention: Duration::from_secs(30 * 24 * 3600),
-            max_attempts: 10,
+            // At the built-in backoff (5 s doubling to 10 min, full jitter) 30 attempts
+            // take about 2 h on average: an outage's retries end at max age (1 h), not
+            // at the count (10 ended them after about a quarter of an hour).
+            max_attempts: 30,
             max_age: Duration::from_secs(3600),
             attempt_timeout: Duration::from_secs(10),
             retry_base: Duration::from_secs(5),

@@ -686,6 +686,25 @@ mod tests {
     }
 
     #[test]
+    fn with_the_defaults_an_outage_is_retried_until_max_age_not_cut_short_by_the_count() {
+        let cfg = NotifyConfig::new("http://x".parse().unwrap());
+        // The mean of full jitter is half the window; the sum over the attempts' delays.
+        let mean_span: Duration = (1..cfg.max_attempts)
+            .map(|a| {
+                cfg.retry_base
+                    .saturating_mul(1u32 << (a - 1).min(20))
+                    .min(cfg.retry_max)
+                    / 2
+            })
+            .sum();
+        assert!(
+            mean_span >= cfg.max_age + cfg.max_age / 2,
+            "{mean_span:?} of retries for a max age of {:?}",
+            cfg.max_age
+        );
+    }
+
+    #[test]
     fn scrub_masks_the_address() {
         assert_eq!(
             scrub("550 <anna@x.it> unknown", "anna@x.it"),
