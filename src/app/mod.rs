@@ -230,6 +230,11 @@ pub async fn run_with(
         tracing::error!("the commit thread ended unexpectedly; shutting down");
     }
     tracing::info!("shutting down");
+    // The notification worker first: it finishes the attempt in flight (the rest stays in
+    // the outbox) and reports its outcome point to the commit thread, which must still be
+    // there to spool it.
+    let _ = notify_stop_tx.send(true);
+    finish_within("notifications", Duration::from_secs(15), notify_task).await;
     let _ = stop_intake_tx.send(true);
     // The commit thread ends once the intake channel is closed and drained.
     let joined = tokio::task::spawn_blocking(move || commit.join()).await;
@@ -241,9 +246,6 @@ pub async fn run_with(
     let _ = tokio::task::spawn_blocking(move || checkpointer.join()).await;
     let _ = out_stop_tx.send(true);
     finish_within("mqtt out", Duration::from_secs(5), out_task).await;
-    // The notification worker finishes the attempt in flight; the rest stays in the outbox.
-    let _ = notify_stop_tx.send(true);
-    finish_within("notifications", Duration::from_secs(15), notify_task).await;
     let _ = finish_tx.send(true);
     finish_within("mqtt", Duration::from_secs(5), ingest_task).await;
     // What the sink cannot write within its drain time stays in the spool for next start.

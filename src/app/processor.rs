@@ -757,6 +757,14 @@ impl Processor {
             }
             metrics::histogram!("evlounge_batch_seconds").record(started.elapsed().as_secs_f64());
         }
+        // Points reported since the last batch (notification outcomes): one more batch
+        // takes them to the spool.
+        let reported = self.extra_points.as_ref().is_some_and(|rx| !rx.is_empty());
+        if reported || !self.extra_held.is_empty() {
+            if let Err(e) = self.process(&mut []) {
+                tracing::error!(error = %e, "writing the last reported points at shutdown failed");
+            }
+        }
         if let Err(e) = self.save_unsaved() {
             tracing::error!(error = %e, "saving charger state at shutdown failed");
         }
@@ -2027,6 +2035,23 @@ mod tests {
             sent,
             ["c1", "c2"].map(|c| format!("evlounge/s1/state/charger/{c}"))
         );
+    }
+
+    #[test]
+    fn points_reported_just_before_exit_are_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sink = Recorder::default();
+        let (points, reported) = flume::bounded(16);
+        let p = processor(dir.path(), &sink).with_extra_points(reported);
+        // A notification's outcome, reported after the last message.
+        points
+            .send(Point::new("notification", 1_795_000_000_000).field("attempts", Some(1.0)))
+            .expect("send");
+        let (tx, rx) = flume::unbounded::<Inbound>();
+        drop(tx);
+        p.run(rx);
+        let lines = String::from_utf8_lossy(&sink.lines.lock()).into_owned();
+        assert!(lines.starts_with("notification attempts=1 "), "{lines:?}");
     }
 
     #[test]

@@ -622,12 +622,14 @@ async fn report(shared: &Arc<Shared>, f: &Finished) {
         .field("latency_ms", latency)
         .field("attempts", Some(f64::from(f.attempts)));
     // Bounded: a stalled time-series writer costs this point, never the delivery loop.
-    if tokio::time::timeout(Duration::from_secs(2), tx.send_async(p))
-        .await
-        .is_err()
-    {
-        tracing::warn!("notify: time-series channel full, notification point dropped");
-    }
+    let why = match tokio::time::timeout(Duration::from_secs(2), tx.send_async(p)).await {
+        Ok(Ok(())) => return,
+        Ok(Err(_)) => "the commit thread has stopped",
+        Err(_) => "the time-series channel is full",
+    };
+    metrics::counter!("evlounge_tsdb_dropped_points_total", "reason" => "notify_channel")
+        .increment(1);
+    tracing::warn!(why, "notify: notification point dropped");
 }
 
 /// Deletes guest contacts older than the retention (counted from the link's end, or its
