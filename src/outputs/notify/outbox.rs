@@ -87,19 +87,29 @@ pub fn enqueue_for_event(
     let Some(sk) = session_key.filter(|s| !s.is_empty()) else {
         return Ok(0);
     };
-    let guests: Vec<(String, String, String)> = {
+    let guests: Vec<(String, String, String, String)> = {
         let mut st = conn.prepare_cached(
-            "SELECT g.guest_id, g.channel, g.events FROM guests g
+            "SELECT g.guest_id, g.channel, g.events, g.address FROM guests g
              JOIN guest_sessions s ON s.guest_id = g.guest_id
-             WHERE s.session_key = ?1 AND g.address IS NOT NULL",
+             WHERE s.session_key = ?1 AND g.address IS NOT NULL
+             ORDER BY g.created_ms, g.guest_id",
         )?;
-        let rows = st.query_map(params![sk], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        let rows = st.query_map(params![sk], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
         rows.collect::<rusqlite::Result<_>>()?
     };
     let mut queued = 0;
     let mut event_json: Option<String> = None;
-    for (guest_id, channel, events) in guests {
+    // The same address linked twice to the session (a retried form, the desk and the
+    // directory both): one message, to the earliest link. Each link is a guest of its own
+    // with its own idempotency key, so a receiver could not drop the repeat.
+    let mut reached: std::collections::HashSet<(String, String)> = Default::default();
+    for (guest_id, channel, events, address) in guests {
         if !decode_events(&events).contains(&event.kind) {
+            continue;
+        }
+        if !reached.insert((channel.clone(), address)) {
             continue;
         }
         let json = match &event_json {
@@ -219,6 +229,33 @@ mod tests {
         );
         assert_eq!(queued(&c).len(), 2);
         assert!(queued(&c).iter().all(|(_, gid)| *gid == g.guest_id));
+    }
+
+    #[test]
+    fn the_same_address_linked_twice_gets_one_message() {
+        let c = conn();
+        let first = link_guest(&c, &req(Some("hpc-3"), None), &cfg(), Some("A"), NOW).unwrap();
+        // The same form sent again, a second later; and another guest on the same session.
+        link_guest(
+            &c,
+            &req(Some("hpc-3"), None),
+            &cfg(),
+            Some("A"),
+            NOW + 1_000,
+        )
+        .unwrap();
+        let mut other = req(Some("hpc-3"), None);
+        other.address = Redacted::new("topic-b".into());
+        let second = link_guest(&c, &other, &cfg(), Some("A"), NOW + 2_000).unwrap();
+        assert_eq!(
+            enqueue_for_event(&c, &ev(EventKind::ChargingComplete, "e1"), Some("A"), NOW).unwrap(),
+            2
+        );
+        let mut guests: Vec<String> = queued(&c).into_iter().map(|(_, g)| g).collect();
+        guests.sort();
+        let mut want = vec![first.guest_id, second.guest_id];
+        want.sort();
+        assert_eq!(guests, want);
     }
 
     #[test]
