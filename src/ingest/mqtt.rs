@@ -348,14 +348,23 @@ impl Ingest {
 
 /// Publishes `offline` and disconnects, polling the event loop until the broker has it.
 pub async fn goodbye(client: &AsyncClient, eventloop: &mut EventLoop, prefix: &str) {
-    let _ = client
-        .publish(status_topic(prefix), QoS::AtLeastOnce, true, "offline")
-        .await;
-    let _ = client.disconnect().await;
+    // Handed over without awaiting: this task is the one that polls, so awaiting room in
+    // a full request queue (the broker slow to take what is queued) would wait for ever.
+    // The queue drains as it polls, and the requests go in as soon as there is room.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    while let Ok(Ok(ev)) = tokio::time::timeout_at(deadline, eventloop.poll()).await {
-        if matches!(ev, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
-            break;
+    let (mut said, mut left) = (false, false);
+    loop {
+        if !said {
+            said = client
+                .try_publish(status_topic(prefix), QoS::AtLeastOnce, true, "offline")
+                .is_ok();
+        }
+        if said && !left {
+            left = client.try_disconnect().is_ok();
+        }
+        match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+            Ok(Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(_)) => {}
         }
     }
 }
