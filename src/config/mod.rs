@@ -904,6 +904,26 @@ impl Validator {
             &n.attempt_timeout,
             Duration::from_secs(10),
         );
+        // Long enough to bound, short enough that no ms arithmetic on them can overflow.
+        const TEN_YEARS: Duration = Duration::from_secs(10 * 365 * 86_400);
+        for (key, d) in [
+            ("notify.retention", retention),
+            ("notify.max_age", max_age),
+            ("notify.attempt_timeout", attempt_timeout),
+        ] {
+            if d.is_zero() || d > TEN_YEARS {
+                self.err(key, format!("must be between 1s and 10 years, got {d:?}"));
+            }
+        }
+        if retention < max_age {
+            self.err(
+                "notify.retention",
+                format!(
+                    "must be at least notify.max_age ({max_age:?}): the retention sweep would \
+                     delete notifications still waiting to be delivered"
+                ),
+            );
+        }
         let templates_dir = n.templates_dir.as_ref().map(PathBuf::from);
         if let Some(d) = &templates_dir {
             if !d.is_dir() {
