@@ -256,6 +256,7 @@ impl Spool {
             cursor: ack,
             file: None,
             peeked: None,
+            unlinked: Vec::new(),
         };
         Ok((writer, reader))
     }
@@ -474,6 +475,9 @@ pub struct SpoolReader {
     file: Option<(u64, File)>,
     /// A record read but not taken because the batch was full.
     peeked: Option<Peeked>,
+    /// Acknowledged segments whose files are still to delete (a ledger write or an unlink
+    /// failed): retried with the next ack, so none is left behind until a restart.
+    unlinked: Vec<u64>,
 }
 
 impl SpoolReader {
@@ -638,12 +642,20 @@ impl SpoolReader {
             (st.ack, removed)
         };
         // The ledger goes first: a crash between the two leaves an acknowledged segment
-        // that the next open deletes, never a ledger pointing into deleted data.
+        // that the next open deletes, never a ledger pointing into deleted data. Should
+        // either fail, the segments stay listed for the next ack to delete.
+        self.unlinked.extend(removed);
         write_ledger(&self.shared.dir, ack)?;
-        for id in removed {
-            remove_segment(&self.shared.dir, id)?;
-        }
-        Ok(())
+        let mut failed = None;
+        let dir = &self.shared.dir;
+        self.unlinked.retain(|&id| match remove_segment(dir, id) {
+            Ok(()) => false,
+            Err(e) => {
+                failed.get_or_insert(e);
+                true
+            }
+        });
+        failed.map_or(Ok(()), Err)
     }
 
     /// Forgets what was read but not acknowledged: the next read starts at the ack.

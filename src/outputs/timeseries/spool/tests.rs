@@ -178,6 +178,30 @@ fn rotation_and_deletion_after_ack() {
 }
 
 #[test]
+fn segments_of_a_failed_ledger_write_are_deleted_by_the_next_ack() {
+    let d = tempfile::tempdir().unwrap();
+    let r1 = rec(1, 1);
+    let seg = 3 * (8 + r1.len() as u64);
+    let (mut w, mut r) = Spool::open_with(d.path(), opts(1 << 20, seg)).unwrap();
+    for i in 0..9 {
+        w.append(&rec(i, 1)).unwrap();
+    }
+    assert_eq!(seg_files(d.path()), vec![1, 2, 3]);
+    // The ledger cannot be replaced (a directory in its place): the ack fails, segment
+    // 1's file stays.
+    std::fs::create_dir(d.path().join(LEDGER)).unwrap();
+    let (_, p) = r.read_batch(3, usize::MAX).unwrap().unwrap();
+    assert!(r.ack(p).is_err());
+    assert_eq!(seg_files(d.path()), vec![1, 2, 3]);
+    // Writable again: the next ack deletes it along with its own.
+    std::fs::remove_dir(d.path().join(LEDGER)).unwrap();
+    let (_, p) = r.read_batch(3, usize::MAX).unwrap().unwrap();
+    r.ack(p).unwrap();
+    assert_eq!(seg_files(d.path()), vec![3]);
+    assert_eq!(w.stats().bytes(), seg);
+}
+
+#[test]
 fn full_spool_drops_the_oldest_segment_and_counts_its_points() {
     let d = tempfile::tempdir().unwrap();
     let one = 8 + rec(1, 4).len() as u64;
