@@ -102,6 +102,13 @@ impl DeliveryError {
                 status: Some(status),
                 retry_after: None,
             }),
+            // The operator's receiver refusing our credentials or path: the same for every
+            // guest, and fixed in the configuration; retried until max age likewise.
+            401 | 403 | 404 => Err(DeliveryError::Retry {
+                reason: format!("http {status}: check the configured url and token"),
+                status: Some(status),
+                retry_after: None,
+            }),
             _ => Err(DeliveryError::Permanent {
                 reason: format!("http {status}"),
                 status: Some(status),
@@ -168,8 +175,11 @@ mod tests {
     #[test]
     fn http_status_classes() {
         assert_eq!(DeliveryError::from_http(204, None), Ok(()));
-        // 3xx: redirects are not followed; a wrong URL is retried until max age.
-        for s in [301, 302, 307, 308, 408, 429, 500, 502, 503, 504] {
+        // 3xx, 401, 403, 404: redirects are not followed, and a wrong URL or token is
+        // retried until max age (an operator fixes it).
+        for s in [
+            301, 302, 307, 308, 401, 403, 404, 408, 429, 500, 502, 503, 504,
+        ] {
             assert!(
                 DeliveryError::from_http(s, None)
                     .unwrap_err()
@@ -177,7 +187,7 @@ mod tests {
                 "{s}"
             );
         }
-        for s in [400, 401, 403, 404, 410, 422] {
+        for s in [400, 405, 410, 413, 422] {
             assert!(
                 !DeliveryError::from_http(s, None)
                     .unwrap_err()

@@ -127,6 +127,13 @@ impl Email {
     }
 }
 
+/// Permanent SMTP replies that say nothing about the guest: the server refusing our own
+/// authentication (530, 534, 535, 538). The same for every mail and fixed in the
+/// configuration, so retried until max age like a transient failure.
+fn operator_side(status: Option<u16>) -> bool {
+    matches!(status, Some(530 | 534 | 535 | 538))
+}
+
 impl Deliver for Email {
     fn deliver<'a>(&'a self, out: &'a Outgoing) -> BoxFuture<'a, Result<(), DeliveryError>> {
         Box::pin(async move {
@@ -143,7 +150,7 @@ impl Deliver for Email {
                         None if e.is_tls() => "smtp tls error".into(),
                         None => "smtp connection error".into(),
                     };
-                    if e.is_permanent() {
+                    if e.is_permanent() && !operator_side(status) {
                         Err(DeliveryError::Permanent { reason, status })
                     } else {
                         Err(DeliveryError::Retry {
@@ -155,5 +162,21 @@ impl Deliver for Email {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::operator_side;
+
+    #[test]
+    fn authentication_refusals_are_the_operators_and_mailbox_ones_the_guests() {
+        for code in [530, 534, 535, 538] {
+            assert!(operator_side(Some(code)), "{code}");
+        }
+        for code in [550, 551, 552, 553, 554] {
+            assert!(!operator_side(Some(code)), "{code}");
+        }
+        assert!(!operator_side(None));
     }
 }
