@@ -137,6 +137,41 @@ async fn a_filter_added_while_the_broker_kept_the_session_is_subscribed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_on_the_same_data_dir_refuses_to_start() {
+    use std::io::Read;
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Daemon::start(dir.path(), &config(&broker));
+    // The same config file again: the same data_dir.
+    let mut second = std::process::Command::new(harness::bin())
+        .arg("run")
+        .arg("-c")
+        .arg(dir.path().join("evlounge.toml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = second.try_wait().expect("wait") {
+            break Some(s);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = second.kill();
+            let _ = second.wait();
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut err = String::new();
+    let _ = second.stderr.take().map(|mut e| e.read_to_string(&mut err));
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{err}");
+    assert!(err.contains("is in use by another evlounge (pid "), "{err}");
+    assert!(first.is_running(), "the first daemon is unaffected");
+    assert_eq!(first.stop(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_flood_is_counted_and_skipped() {
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();

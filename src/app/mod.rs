@@ -55,6 +55,44 @@ pub fn client_id(data_dir: &Path) -> anyhow::Result<String> {
     Ok(format!("evlounge-{host}-{suffix}"))
 }
 
+/// `data_dir/lock`, held (an exclusive `flock`) while the daemon runs: a second daemon on
+/// the same data dir would share its store, spool and outbox, and send again what the
+/// first has in flight. The lock goes with the process, however it ends.
+pub struct DataDirLock(#[allow(dead_code)] std::fs::File);
+
+pub fn lock_data_dir(data_dir: &Path) -> anyhow::Result<DataDirLock> {
+    use std::io::{Read, Seek, Write};
+    let path = data_dir.join("lock");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // (`File::try_lock` is newer than this crate's rust-version.)
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a file descriptor this function owns, open for its whole lifetime.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::WouldBlock {
+            return Err(e).with_context(|| format!("locking {}", path.display()));
+        }
+        let mut holder = String::new();
+        let _ = f.read_to_string(&mut holder);
+        anyhow::bail!(
+            "data_dir {} is in use by another evlounge (pid {}); stop it first or give this \
+             one a data_dir of its own",
+            data_dir.display(),
+            holder.trim()
+        );
+    }
+    // Who holds it, for the message above (advisory; the lock itself is what counts).
+    let _ = f.set_len(0).and_then(|()| f.rewind());
+    let _ = write!(f, "{}", std::process::id());
+    Ok(DataDirLock(f))
+}
+
 /// Runs the daemon until `shutdown` resolves, then drains and returns.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     run_with(cfg, shutdown, |_| {}).await
@@ -82,6 +120,7 @@ pub async fn run_with(
     tokio::spawn(http::metrics::upkeep(metrics.clone(), upkeep_rx));
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("data_dir {}", cfg.data_dir.display()))?;
+    let _data_dir_lock = lock_data_dir(&cfg.data_dir)?;
     let client_id = match &cfg.mqtt.client_id {
         Some(id) => id.clone(),
         None => client_id(&cfg.data_dir)?,
