@@ -26,6 +26,17 @@ fn seg_files(dir: &Path) -> Vec<u64> {
     list_segments(dir).unwrap()
 }
 
+/// Nine one-line records in three segments of three: (writer, reader, segment size).
+fn three_full_segments(dir: &Path) -> (SpoolWriter, SpoolReader, u64) {
+    let seg = 3 * (8 + rec(1, 1).len() as u64);
+    let (mut w, r) = Spool::open_with(dir, opts(1 << 20, seg)).unwrap();
+    for i in 0..9 {
+        w.append(&rec(i, 1)).unwrap();
+    }
+    assert_eq!(seg_files(dir), vec![1, 2, 3]);
+    (w, r, seg)
+}
+
 #[test]
 fn record_format_on_disk() {
     let d = tempfile::tempdir().unwrap();
@@ -148,13 +159,7 @@ fn corrupt_record_in_an_older_segment_skips_to_the_next_segment() {
 #[test]
 fn rotation_and_deletion_after_ack() {
     let d = tempfile::tempdir().unwrap();
-    let r1 = rec(1, 1);
-    let seg = 3 * (8 + r1.len() as u64);
-    let (mut w, mut r) = Spool::open_with(d.path(), opts(1 << 20, seg)).unwrap();
-    for i in 0..9 {
-        w.append(&rec(i, 1)).unwrap();
-    }
-    assert_eq!(seg_files(d.path()), vec![1, 2, 3]);
+    let (w, mut r, seg) = three_full_segments(d.path());
     assert_eq!(w.stats().segments(), 3);
     // Ack part of segment 1: nothing deleted yet.
     let (_, p) = r.read_batch(2, usize::MAX).unwrap().unwrap();
@@ -180,13 +185,7 @@ fn rotation_and_deletion_after_ack() {
 #[test]
 fn segments_of_a_failed_ledger_write_are_deleted_by_the_next_ack() {
     let d = tempfile::tempdir().unwrap();
-    let r1 = rec(1, 1);
-    let seg = 3 * (8 + r1.len() as u64);
-    let (mut w, mut r) = Spool::open_with(d.path(), opts(1 << 20, seg)).unwrap();
-    for i in 0..9 {
-        w.append(&rec(i, 1)).unwrap();
-    }
-    assert_eq!(seg_files(d.path()), vec![1, 2, 3]);
+    let (w, mut r, seg) = three_full_segments(d.path());
     // The ledger cannot be replaced (a directory in its place): the ack fails, segment
     // 1's file stays.
     std::fs::create_dir(d.path().join(LEDGER)).unwrap();
