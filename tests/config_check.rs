@@ -60,7 +60,7 @@ fn bad_configs_name_their_keys() {
         ("[influx]\nurl = \"ftp://x\"\norg = \"o\"\nbucket = \"b\"\ntoken = \"t\"\n", "influx.url"),
         ("[notify.email]\nsmtp_url = \"mail.example.com\"\nfrom = \"a@b.c\"\n", "notify.email.smtp_url"),
         ("[notify]\nretention = \"30m\"\n", "notify.retention"),
-        ("[notify]\nmax_age = \"0s\"\n", "notify.max_age"),
+        ("[notify]\nmax_age = \"500ms\"\n", "notify.max_age"),
         ("[notify]\nattempt_timeout = \"20000y\"\n", "notify.attempt_timeout"),
         ("[mqtt]\npassword = \"x\"\npassword_file = \"/nonexistent\"\nusername = \"u\"\n", "mqtt.password"),
         ("[mqtt]\nmax_payload_bytes = -4\n", "mqtt.max_payload_bytes"),

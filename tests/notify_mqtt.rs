@@ -29,12 +29,24 @@ async fn an_mqtt_notification_is_done_only_when_the_broker_has_it() {
     })
     .await;
 
+    // Two at once: each on a connection (and client id) of its own, neither waiting for
+    // the other nor taking the other's place at the broker.
+    let (a, b) = tokio::join!(
+        notify.publish(TOPIC.into(), br#"{"n":2}"#.to_vec()),
+        notify.publish(TOPIC.into(), br#"{"n":3}"#.to_vec())
+    );
+    assert!(a.is_ok() && b.is_ok(), "{a:?} {b:?}");
+    wait_for_async("the display got both", Duration::from_secs(10), || async {
+        (display.count("notify/display-lobby") == 3).then_some(())
+    })
+    .await;
+
     // The broker is away: not done (the daemon's own client would have queued it and
     // said yes).
     broker.stop();
     let away = tokio::time::timeout(
         Duration::from_secs(20),
-        notify.publish(TOPIC.into(), br#"{"n":2}"#.to_vec()),
+        notify.publish(TOPIC.into(), br#"{"n":4}"#.to_vec()),
     )
     .await;
     assert!(matches!(away, Ok(Err(_))), "{away:?}");
@@ -42,7 +54,7 @@ async fn an_mqtt_notification_is_done_only_when_the_broker_has_it() {
     // Back: done again, on a new connection.
     broker.restart();
     notify
-        .publish(TOPIC.into(), br#"{"n":3}"#.to_vec())
+        .publish(TOPIC.into(), br#"{"n":5}"#.to_vec())
         .await
         .expect("acknowledged after the restart");
 }

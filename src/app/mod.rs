@@ -105,7 +105,11 @@ pub async fn run_with(
     on_started: impl FnOnce(Started),
 ) -> anyhow::Result<()> {
     let mut cfg = cfg;
-    // Bind first: with port 0 the real address is known only now, and the default public
+    // The data dir first: a second daemon on it is told so, not that the port is taken.
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("data_dir {}", cfg.data_dir.display()))?;
+    let _data_dir_lock = lock_data_dir(&cfg.data_dir)?;
+    // Bind next: with port 0 the real address is known only now, and the default public
     // URL (QR codes, links in notifications) must name it.
     let (listener, addr) = http::bind(cfg.http.listen)
         .await
@@ -118,9 +122,6 @@ pub async fn run_with(
     // Ends with `run_with` (the sender is dropped when it returns).
     let (_upkeep_stop, upkeep_rx) = watch::channel(false);
     tokio::spawn(http::metrics::upkeep(metrics.clone(), upkeep_rx));
-    std::fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("data_dir {}", cfg.data_dir.display()))?;
-    let _data_dir_lock = lock_data_dir(&cfg.data_dir)?;
     let client_id = match &cfg.mqtt.client_id {
         Some(id) => id.clone(),
         None => client_id(&cfg.data_dir)?,

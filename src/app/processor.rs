@@ -341,6 +341,10 @@ impl Meters {
     }
 }
 
+/// How far behind its receive time a reading older than its charger's last may be and
+/// still be written (a charger flushing what it buffered while offline).
+const BACKFILL_MS: i64 = 7 * 86_400_000;
+
 /// A charger whose messages decide nothing new (1 Hz telemetry while charging) has its
 /// snapshot saved at most this often: the decisions (events, sessions, outbox) are always
 /// committed with their batch; what a crash can lose is at most this much of plain
@@ -1141,7 +1145,11 @@ impl Processor {
         } else {
             self.meters.out_of_order.increment(1);
         }
-        if self.points {
+        // Within the backfill window only: a charger whose clock was reset (to 1970, say)
+        // after good readings would otherwise write each reading far in the past, which a
+        // TSDB refuses (beyond its retention) one rejected batch after another.
+        let write = step.applied || m.redelivered || t.ts >= m.recv_ms - BACKFILL_MS;
+        if self.points && write {
             let status = t.status.map(|s| s.as_str()).unwrap_or("unknown");
             let mut line = Line::new(&mut p.lines, "charger");
             line.tag("site", &slot.key.site)
@@ -2098,7 +2106,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let sink = Recorder::default();
         let mut p = processor(dir.path(), &sink);
-        let t0 = 1_795_000_000_000;
+        // Received now (the helper's receive time): within the backfill window.
+        let t0 = crate::util::time::now_ms() - 60_000;
         p.process(&mut [telemetry(t0, "charging", 120.0, 1)])
             .expect("batch");
         let first = sink.charger_lines();
@@ -2128,6 +2137,10 @@ mod tests {
             lines[4].contains("status=available") && lines[4].ends_with(&(t0 + 500).to_string()),
             "{lines:?}"
         );
+        // Beyond the backfill window (a clock reset to 1970): not written.
+        p.process(&mut [telemetry(86_400_000, "available", 0.0, 5)])
+            .expect("batch");
+        assert_eq!(sink.charger_lines().len(), 5);
         assert_eq!(events(dir.path()), decided);
     }
 

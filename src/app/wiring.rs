@@ -191,13 +191,27 @@ impl CommitHook for NotifyHook {
 /// The notification worker's MQTT channel: each notification on a short connection of its
 /// own, done once the broker has acknowledged it (PUBACK). On the daemon's client, a
 /// publish returned as soon as the request was queued, and a notification handed over
-/// while the broker was away was recorded delivered and lost with a restart. Deliveries
-/// are rare and go one at a time; a connection per delivery keeps its PUBACK the only one
-/// that can come.
+/// while the broker was away was recorded delivered and lost with a restart. A connection
+/// per delivery keeps its PUBACK the only one that can come. Concurrent deliveries use
+/// client ids `{client_id}-notify-{n}`, n from a small set (the lowest free), so brokers
+/// that authorise by client id see a fixed list.
 pub struct AckedPublish {
     cfg: crate::config::MqttConfig,
     client_id: String,
-    one_at_a_time: tokio::sync::Mutex<()>,
+    /// Slot numbers of the client ids in use by a delivery.
+    in_use: Arc<parking_lot::Mutex<std::collections::BTreeSet<u32>>>,
+}
+
+/// A client id slot, given back when the delivery's connection is gone (however it ends).
+struct Slot {
+    in_use: Arc<parking_lot::Mutex<std::collections::BTreeSet<u32>>>,
+    n: u32,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.in_use.lock().remove(&self.n);
+    }
 }
 
 impl AckedPublish {
@@ -205,15 +219,28 @@ impl AckedPublish {
         AckedPublish {
             cfg,
             client_id,
-            one_at_a_time: tokio::sync::Mutex::new(()),
+            in_use: Arc::default(),
+        }
+    }
+
+    /// The lowest free slot.
+    fn slot(&self) -> Slot {
+        let mut in_use = self.in_use.lock();
+        let n = (0..).find(|n| !in_use.contains(n)).unwrap_or(0);
+        in_use.insert(n);
+        Slot {
+            in_use: self.in_use.clone(),
+            n,
         }
     }
 
     async fn publish_acked(&self, topic: String, payload: Vec<u8>) -> Result<(), String> {
         use rumqttc::{Event, Outgoing, Packet, QoS};
-        let _one = self.one_at_a_time.lock().await;
-        let opts = crate::ingest::mqtt::connection_options(&self.cfg, &self.client_id)
-            .map_err(|e| e.to_string())?;
+        let slot = self.slot();
+        let id = format!("{}-notify-{}", self.client_id, slot.n);
+        let mut opts =
+            crate::ingest::mqtt::connection_options(&self.cfg, &id).map_err(|e| e.to_string())?;
+        opts.set_max_packet_size(self.cfg.max_packet_bytes, self.cfg.max_packet_bytes);
         let (client, mut events) = rumqttc::AsyncClient::new(opts, 4);
         client
             .try_publish(topic, QoS::AtLeastOnce, false, payload)
@@ -230,17 +257,21 @@ impl AckedPublish {
                 Err(e) => return Err(e.to_string()),
             }
         }
-        // A clean goodbye (best effort, briefly): the broker need not log a dropped client.
-        if client.try_disconnect().is_ok() {
-            let _ = tokio::time::timeout(std::time::Duration::from_millis(200), async {
-                while let Ok(ev) = events.poll().await {
-                    if let Event::Outgoing(Outgoing::Disconnect) = ev {
-                        break;
+        // Done: the goodbye happens on its own (briefly, best effort), outside the
+        // attempt's time, and the slot is free once it is.
+        tokio::spawn(async move {
+            let _slot_until_gone = slot;
+            if client.try_disconnect().is_ok() {
+                let _ = tokio::time::timeout(std::time::Duration::from_millis(200), async {
+                    while let Ok(ev) = events.poll().await {
+                        if let Event::Outgoing(Outgoing::Disconnect) = ev {
+                            break;
+                        }
                     }
-                }
-            })
-            .await;
-        }
+                })
+                .await;
+            }
+        });
         Ok(())
     }
 }

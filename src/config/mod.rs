@@ -911,7 +911,7 @@ impl Validator {
             ("notify.max_age", max_age),
             ("notify.attempt_timeout", attempt_timeout),
         ] {
-            if d.is_zero() || d > TEN_YEARS {
+            if d < Duration::from_secs(1) || d > TEN_YEARS {
                 self.err(key, format!("must be between 1s and 10 years, got {d:?}"));
             }
         }
@@ -919,8 +919,9 @@ impl Validator {
             self.err(
                 "notify.retention",
                 format!(
-                    "must be at least notify.max_age ({max_age:?}): the retention sweep would \
-                     delete notifications still waiting to be delivered"
+                    "must be at least notify.max_age ({max_age:?}): a notification may wait \
+                     that long for delivery, and the retention sweep would delete some before \
+                     their outcome is known"
                 ),
             );
         }

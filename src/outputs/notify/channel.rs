@@ -10,7 +10,8 @@ use super::Lang;
 use crate::domain::event::Event;
 use crate::util::secret::Redacted;
 
-/// Publishes on the daemon's MQTT client (QoS 1). The lead passes an implementation.
+/// Publishes one notification at QoS 1 and returns once the broker has acknowledged it (an
+/// error otherwise, and the worker retries). The daemon passes `app::wiring::AckedPublish`.
 pub trait MqttPublish: Send + Sync {
     fn publish(&self, topic: String, payload: Vec<u8>) -> BoxFuture<'_, Result<(), String>>;
 }

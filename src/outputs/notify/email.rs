@@ -134,6 +134,12 @@ fn operator_side(status: Option<u16>) -> bool {
     matches!(status, Some(530 | 534 | 535 | 538))
 }
 
+/// Whether a failed send is retried: transient ones (4xx, connection, timeout), and the
+/// permanent ones that are the operator's to fix.
+fn retried(permanent: bool, status: Option<u16>) -> bool {
+    !permanent || operator_side(status)
+}
+
 impl Deliver for Email {
     fn deliver<'a>(&'a self, out: &'a Outgoing) -> BoxFuture<'a, Result<(), DeliveryError>> {
         Box::pin(async move {
@@ -150,7 +156,7 @@ impl Deliver for Email {
                         None if e.is_tls() => "smtp tls error".into(),
                         None => "smtp connection error".into(),
                     };
-                    if e.is_permanent() && !operator_side(status) {
+                    if !retried(e.is_permanent(), status) {
                         Err(DeliveryError::Permanent { reason, status })
                     } else {
                         Err(DeliveryError::Retry {
@@ -167,16 +173,18 @@ impl Deliver for Email {
 
 #[cfg(test)]
 mod tests {
-    use super::operator_side;
+    use super::retried;
 
     #[test]
-    fn authentication_refusals_are_the_operators_and_mailbox_ones_the_guests() {
+    fn authentication_refusals_are_retried_and_mailbox_refusals_are_not() {
         for code in [530, 534, 535, 538] {
-            assert!(operator_side(Some(code)), "{code}");
+            assert!(retried(true, Some(code)), "{code}");
         }
         for code in [550, 551, 552, 553, 554] {
-            assert!(!operator_side(Some(code)), "{code}");
+            assert!(!retried(true, Some(code)), "{code}");
         }
-        assert!(!operator_side(None));
+        for code in [Some(421), Some(450), Some(452), None] {
+            assert!(retried(false, code), "{code:?}");
+        }
     }
 }

@@ -1,4 +1,6 @@
-//! MQTT channel: JSON on `{prefix}/{site}/notify/{address}` through the daemon's client.
+//! MQTT channel: JSON on `{prefix}/{site}/notify/{address}` at QoS 1, through an
+//! [`MqttPublish`] that returns once the broker has the message (the daemon's is
+//! `app::wiring::AckedPublish`).
 
 use std::sync::Arc;
 

@@ -92,7 +92,7 @@ pub fn enqueue_for_event(
             "SELECT g.guest_id, g.channel, g.events, g.address FROM guests g
              JOIN guest_sessions s ON s.guest_id = g.guest_id
              WHERE s.session_key = ?1 AND g.address IS NOT NULL
-             ORDER BY g.created_ms, g.guest_id",
+             ORDER BY g.created_ms DESC, g.guest_id DESC",
         )?;
         let rows = st.query_map(params![sk], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
@@ -102,8 +102,10 @@ pub fn enqueue_for_event(
     let mut queued = 0;
     let mut event_json: Option<String> = None;
     // The same address linked twice to the session (a retried form, the desk and the
-    // directory both): one message, to the earliest link. Each link is a guest of its own
-    // with its own idempotency key, so a receiver could not drop the repeat.
+    // directory both): one message, to the latest link (a guest who linked again to change
+    // the language gets the new one; an id_tag link, usually the oldest, may be swept by
+    // retention first). Each link is a guest of its own with its own idempotency key, so a
+    // receiver could not drop the repeat.
     let mut reached: std::collections::HashSet<(String, String)> = Default::default();
     for (guest_id, channel, events, address) in guests {
         if !decode_events(&events).contains(&event.kind) {
@@ -232,18 +234,14 @@ mod tests {
     }
 
     #[test]
-    fn the_same_address_linked_twice_gets_one_message() {
+    fn the_same_address_linked_twice_gets_one_message_by_its_latest_link() {
         let c = conn();
-        let first = link_guest(&c, &req(Some("hpc-3"), None), &cfg(), Some("A"), NOW).unwrap();
-        // The same form sent again, a second later; and another guest on the same session.
-        link_guest(
-            &c,
-            &req(Some("hpc-3"), None),
-            &cfg(),
-            Some("A"),
-            NOW + 1_000,
-        )
-        .unwrap();
+        link_guest(&c, &req(Some("hpc-3"), None), &cfg(), Some("A"), NOW).unwrap();
+        // The same form sent again a second later, in Italian this time; and another guest
+        // on the same session.
+        let mut again = req(Some("hpc-3"), None);
+        again.lang = Lang::It;
+        let latest = link_guest(&c, &again, &cfg(), Some("A"), NOW + 1_000).unwrap();
         let mut other = req(Some("hpc-3"), None);
         other.address = Redacted::new("topic-b".into());
         let second = link_guest(&c, &other, &cfg(), Some("A"), NOW + 2_000).unwrap();
@@ -253,7 +251,7 @@ mod tests {
         );
         let mut guests: Vec<String> = queued(&c).into_iter().map(|(_, g)| g).collect();
         guests.sort();
-        let mut want = vec![first.guest_id, second.guest_id];
+        let mut want = vec![latest.guest_id, second.guest_id];
         want.sort();
         assert_eq!(guests, want);
     }

@@ -31,8 +31,8 @@ impl Webhook {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
-            // A redirect would turn the POST into a body-less GET (which ntfy answers
-            // 200 with its web app: "delivered", nothing sent): answered as it is.
+            // A redirect would turn the POST into a body-less GET that the other end may
+            // answer 200 ("delivered", nothing sent): answered as it is.
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Webhook { cfg, client })
