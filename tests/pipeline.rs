@@ -358,6 +358,62 @@ async fn sigkill_between_completion_and_delivery_delivers_once_after_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_delivered_during_shutdown_has_its_point_in_the_tsdb() {
+    // The webhook answers its first request only after 1.5 s: the daemon is stopped while
+    // that attempt is in flight. The worker finishes it (delivered), and its outcome point
+    // must still reach the spool, and from there the TSDB.
+    let broker = Mosquitto::start();
+    let smtp = notify_harness::SmtpSink::start();
+    let hook = notify_harness::Receiver::start().await;
+    hook.state.slow_first.store(1, Ordering::SeqCst);
+    *hook.state.slow_for.lock() = Duration::from_millis(1500);
+    let vm = vm::Vm::start(true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start(
+        dir.path(),
+        &notify_config(&broker, &smtp, &hook, &influx(&vm)),
+    );
+    link(
+        &d,
+        r#"{"site":"milano","charger":"hpc-3","channel":"webhook","address":"crm-guest-9","lang":"en"}"#,
+    );
+    let c = MqttClient::connect(broker.port, "t-pub", &[]).await;
+    let (a, b) = dc_session(base_ts());
+    for m in a.iter().chain(b.iter()) {
+        c.publish(TOPIC, m.clone()).await;
+    }
+    c.wait_acked().await;
+    wait_for_async("the attempt in flight", Duration::from_secs(30), || async {
+        (hook.count() > 0).then_some(())
+    })
+    .await;
+    assert_eq!(d.stop(), Some(0));
+    let first: serde_json::Value = serde_json::from_slice(&hook.log()[0].body).unwrap();
+    let kind = first["kind"].as_str().unwrap().to_string();
+    // What the sink had no time for is in the spool: the next run writes it (and delivers
+    // the session's other notifications, which the worker had not started).
+    d.spawn();
+    let matcher =
+        format!(r#"{{__name__="notification_attempts",kind="{kind}",outcome="delivered"}}"#);
+    wait_for_async(
+        "the point of the notification delivered during the shutdown",
+        Duration::from_secs(30),
+        || async { (!vm.export(&matcher).await.is_empty()).then_some(()) },
+    )
+    .await;
+    let sent_again = hook
+        .log()
+        .iter()
+        .skip(1)
+        .filter(|r| String::from_utf8_lossy(&r.body).contains(&format!("\"kind\":\"{kind}\"")))
+        .count();
+    assert_eq!(
+        sent_again, 0,
+        "{kind} was finished during the shutdown, not cut short"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_next_driver_never_gets_the_previous_guests_messages() {
     let broker = Mosquitto::start();
     let smtp = notify_harness::SmtpSink::start();

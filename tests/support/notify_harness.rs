@@ -154,6 +154,9 @@ pub struct ReceiverState {
     pub hang_first: AtomicUsize,
     /// Answers this many requests with `302 Location: /moved` first.
     pub redirect_first: AtomicUsize,
+    /// Answers this many requests 200 only after `slow_for` (logged on arrival).
+    pub slow_first: AtomicUsize,
+    pub slow_for: Mutex<Duration>,
     pub retry_after: Mutex<Option<&'static str>>,
 }
 
@@ -285,6 +288,16 @@ pub async fn handle(
     }
     if redirect {
         return (StatusCode::FOUND, [("location", "/moved")], "moved").into_response();
+    }
+    let slow = !hang
+        && !fail
+        && st
+            .slow_first
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+    if slow {
+        let d = *st.slow_for.lock();
+        tokio::time::sleep(d).await;
     }
     (StatusCode::OK, "ok").into_response()
 }
