@@ -192,6 +192,15 @@ secret = "{}"
     )
 }
 
+/// One scripted DC session on hpc-3 (plug-in to unplug), published and acked.
+async fn charge_once(c: &MqttClient) {
+    let (a, b) = dc_session(base_ts());
+    for m in a.iter().chain(b.iter()) {
+        c.publish(TOPIC, m.clone()).await;
+    }
+    c.wait_acked().await;
+}
+
 fn link(d: &Daemon, body: &str) -> String {
     let (code, resp) = http_request(
         "POST",
@@ -225,11 +234,7 @@ async fn a_linked_guest_is_told_once_in_their_language_on_each_channel() {
     // The front desk links a third guest over MQTT.
     let c = MqttClient::connect(broker.port, "t-pub", &[]).await;
     c.publish("evlounge/milano/frontdesk/link", r#"{"site":"milano","charger":"hpc-3","channel":"email","address":"jane.doe@example.com","lang":"en"}"#).await;
-    let (a, b) = dc_session(base_ts());
-    for m in a.iter().chain(b.iter()) {
-        c.publish(TOPIC, m.clone()).await;
-    }
-    c.wait_acked().await;
+    charge_once(&c).await;
     let done = |kind: &str, m: &serde_json::Value| m.to_string().contains(kind);
     wait_for_async("two completion mails", Duration::from_secs(60), || async {
         let n = smtp
@@ -310,12 +315,7 @@ async fn sigkill_between_completion_and_delivery_delivers_once_after_restart() {
         &d,
         r#"{"site":"milano","charger":"hpc-3","channel":"webhook","address":"crm-guest-1","lang":"it"}"#,
     );
-    let c = MqttClient::connect(broker.port, "t-pub", &[]).await;
-    let (a, b) = dc_session(base_ts());
-    for m in a.iter().chain(b.iter()) {
-        c.publish(TOPIC, m.clone()).await;
-    }
-    c.wait_acked().await;
+    charge_once(&MqttClient::connect(broker.port, "t-pub", &[]).await).await;
     wait_for_async("a failed attempt", Duration::from_secs(30), || async {
         hook.log().iter().any(|r| r.answered == 503).then_some(())
     })
@@ -377,12 +377,7 @@ async fn a_notification_delivered_during_shutdown_has_its_point_in_the_tsdb() {
         &d,
         r#"{"site":"milano","charger":"hpc-3","channel":"webhook","address":"crm-guest-9","lang":"en"}"#,
     );
-    let c = MqttClient::connect(broker.port, "t-pub", &[]).await;
-    let (a, b) = dc_session(base_ts());
-    for m in a.iter().chain(b.iter()) {
-        c.publish(TOPIC, m.clone()).await;
-    }
-    c.wait_acked().await;
+    charge_once(&MqttClient::connect(broker.port, "t-pub", &[]).await).await;
     wait_for_async("the attempt in flight", Duration::from_secs(30), || async {
         (hook.count() > 0).then_some(())
     })

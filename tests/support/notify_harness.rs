@@ -244,21 +244,14 @@ pub async fn handle(
         })
         .collect();
     let signature_ok = verify_signature(&headers, &body);
-    let hang = st
-        .hang_first
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-        .is_ok();
-    let fail = !hang
-        && st
-            .fail_first
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
-    let redirect = !hang
-        && !fail
-        && st
-            .redirect_first
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
+    // One of the scripted answers, counted down, in this order of precedence.
+    let take = |n: &AtomicUsize| {
+        n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    };
+    let hang = take(&st.hang_first);
+    let fail = !hang && take(&st.fail_first);
+    let redirect = !hang && !fail && take(&st.redirect_first);
     let answered = if hang {
         0
     } else if fail {
@@ -289,12 +282,7 @@ pub async fn handle(
     if redirect {
         return (StatusCode::FOUND, [("location", "/moved")], "moved").into_response();
     }
-    let slow = !hang
-        && !fail
-        && st
-            .slow_first
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
+    let slow = !hang && take(&st.slow_first);
     if slow {
         let d = *st.slow_for.lock();
         tokio::time::sleep(d).await;
