@@ -47,6 +47,8 @@ fn bad_configs_name_their_keys() {
         ("[mqtt]\nurl = \"not a url\"\n", "mqtt.url"),
         ("[http]\nlisten = \"localhost-8080\"\n", "http.listen"),
         ("[http]\nlisten = \"0.0.0.0:8080\"\n", "http.staff_token"),
+        ("[http]\nlisten = \"0.0.0.0:8080\"\nstaff_token = \" \"\n", "http.staff_token"),
+        ("[http]\nstaff_token = \"\"\n", "http.staff_token"),
         ("[mqtt]\nbogus = 1\n", "mqtt.bogus"),
         ("typo_section = 3\n", "typo_section"),
         ("[[sites]]\nid = \"a\"\n[[sites.chargers]]\nid = \"c1\"\n[[sites.chargers]]\nid = \"c1\"\n", "sites[0].chargers[1].id"),

@@ -539,3 +539,63 @@ async fn staff_pages_and_endpoints_need_the_token_public_pages_do_not() {
         .unwrap();
     assert_ne!(svg, other);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_deletes_their_link_and_made_up_tokens_never_wait_for_the_writer() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = start_daemon(
+        dir.path(),
+        &broker,
+        &site_config(&broker, true),
+        &format!("staff_token = {TOKEN:?}\nguest_channels = [\"mqtt\"]"),
+    )
+    .await;
+    let http = client();
+    let url = |p: &str| format!("{}{p}", d.base);
+    let r = http
+        .post(url("/api/v1/guests"))
+        .header("X-Evlounge-Public", "1")
+        .json(&json!({"site": "milano", "charger": "hpc-3", "channel": "mqtt",
+                      "address": "bay3-display", "lang": "en"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let token = r.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let own = url(&format!("/api/v1/guests/{token}"));
+    assert_eq!(http.get(&own).send().await.unwrap().status(), 200);
+
+    // Someone holds the store's write lock (here: this test; in life, a flood of deletes or
+    // a long commit). A made-up token is answered from a reader at once, not after the
+    // writer's busy wait (which ends in 503).
+    let db = evlounge::store::db_path(&dir.path().join("data"));
+    assert!(db.exists(), "{}", db.display());
+    let holder = rusqlite::Connection::open(&db).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    for fake in ["0123456789abcdef0123456789abcdef", "x"] {
+        let r = http
+            .delete(url(&format!("/api/v1/guests/{fake}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{fake}");
+    }
+    let long = "a".repeat(200);
+    let r = http
+        .delete(url(&format!("/api/v1/guests/{long}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    holder.execute_batch("ROLLBACK").unwrap();
+
+    // The guest's own delete removes the link; a second one finds nothing.
+    let r = http.delete(&own).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(http.get(&own).send().await.unwrap().status(), 404);
+    assert_eq!(http.delete(&own).send().await.unwrap().status(), 404);
+}

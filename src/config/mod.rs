@@ -734,6 +734,16 @@ impl Validator {
             }
         };
         let staff_token = self.secret("http.staff_token", &h.staff_token, &h.staff_token_file);
+        if staff_token
+            .as_ref()
+            .is_some_and(|t| t.expose().trim().is_empty())
+        {
+            // An empty token would let an empty `evlounge_staff` cookie pass as staff.
+            self.err(
+                "http.staff_token",
+                "is empty: set a long random token (e.g. `openssl rand -hex 32`) or leave it unset on loopback",
+            );
+        }
         if staff_token.is_none() && !listen.ip().is_loopback() {
             self.err(
                 "http.staff_token",

@@ -63,19 +63,23 @@ async fn link(
     let dir = st.data_dir.clone();
     let cfg = st.notify.clone();
     let res = tokio::task::spawn_blocking(move || {
+        // Outer error: the store failed; inner: the request was refused.
         let conn = store::open_writer(&dir).map_err(|e| e.to_string())?;
-        notify::link_guest(
+        match notify::link_guest(
             &conn,
             &req,
             &cfg,
             current.as_deref(),
             crate::util::time::now_ms(),
-        )
-        .map_err(|e| e.to_string())
+        ) {
+            Ok(l) => Ok(Ok(l)),
+            Err(notify::NotifyError::Invalid(e)) => Ok(Err(e)),
+            Err(notify::NotifyError::Store(e)) => Err(e.to_string()),
+        }
     })
     .await;
     match res {
-        Ok(Ok(l)) => {
+        Ok(Ok(Ok(l))) => {
             tracing::info!(guest = %l.guest_id, state = %l.state, staff, "guest linked");
             (
                 StatusCode::CREATED,
@@ -83,7 +87,16 @@ async fn link(
             )
                 .into_response()
         }
-        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, e),
+        Ok(Ok(Err(e))) => error(
+            StatusCode::BAD_REQUEST,
+            format!("invalid link request: {e}"),
+        ),
+        // The store's own message (a path, "database is locked") is for the log, not the
+        // caller, who may try again.
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "guest link: store unavailable");
+            error(StatusCode::SERVICE_UNAVAILABLE, "store unavailable")
+        }
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "link failed"),
     }
 }
@@ -113,8 +126,18 @@ async fn lookup(State(st): State<AppState>, Path(token): Path<String>) -> Respon
 }
 
 async fn unlink(State(st): State<AppState>, Path(token): Path<String>) -> Response {
+    if token.len() > 128 {
+        return error(StatusCode::NOT_FOUND, "unknown link");
+    }
     let dir = st.data_dir.clone();
     let res = tokio::task::spawn_blocking(move || {
+        // An unknown token is answered from a reader: a flood of made-up tokens must not
+        // queue for the write lock the commit thread needs.
+        let reader = store::open_reader(&dir).map_err(|e| e.to_string())?;
+        if !notify::link_exists(&reader, &token).map_err(|e| e.to_string())? {
+            return Ok(false);
+        }
+        drop(reader);
         let conn = store::open_writer(&dir).map_err(|e| e.to_string())?;
         let _ = conn.pragma_update(None, "secure_delete", "ON");
         notify::unlink_guest(&conn, &token).map_err(|e| e.to_string())

@@ -96,7 +96,7 @@ impl AppState {
         [bearer, cookie]
             .into_iter()
             .flatten()
-            .any(|given| constant_time_eq(given.as_bytes(), expected))
+            .any(|given| !given.is_empty() && constant_time_eq(given.as_bytes(), expected))
     }
 }
 

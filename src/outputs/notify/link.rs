@@ -306,6 +306,17 @@ pub fn get_guest(conn: &Connection, token: &str) -> rusqlite::Result<Option<Gues
     .optional()
 }
 
+/// Whether `token` names a link (with or without its contact).
+pub fn link_exists(conn: &Connection, token: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT 1 FROM guests WHERE token_hash = ?1",
+        params![token_hash(token)],
+        |_| Ok(()),
+    )
+    .optional()
+    .map(|r| r.is_some())
+}
+
 /// Deletes the link, its contact and its undelivered notifications. `false` if the token
 /// is unknown.
 pub fn unlink_guest(conn: &Connection, token: &str) -> rusqlite::Result<bool> {
