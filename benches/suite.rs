@@ -947,6 +947,7 @@ async fn ceiling(qos: u8, n: u64) -> anyhow::Result<IngestRun> {
     let first = Arc::new(AtomicU64::new(u64::MAX));
     let last = Arc::new(AtomicU64::new(0));
     let (c, tot, f, l) = (count.clone(), total.clone(), first.clone(), last.clone());
+    let bench_cpu0 = cpu_secs(std::process::id());
     let q = if qos == 0 {
         QoS::AtMostOnce
     } else {
@@ -996,7 +997,12 @@ async fn ceiling(qos: u8, n: u64) -> anyhow::Result<IngestRun> {
         },
         pub_rate: rep.msg_per_s,
         secs,
-        extra: json!({"telemetry_received": received, "mosquitto_cpu_s": cpu_secs(broker.child.id())}),
+        extra: json!({
+            "telemetry_received": received,
+            "mosquitto_cpu_s": cpu_secs(broker.child.id()),
+            // The bench's own process: the publisher and the bare subscriber.
+            "bench_process_cpu_s (publisher + subscriber)": cpu_secs(std::process::id()) - bench_cpu0,
+        }),
     })
 }
 
@@ -1160,8 +1166,8 @@ async fn bench_ingest(r: &mut Report) -> anyhow::Result<()> {
         for round in 1..=rounds {
             let c = ceiling(qos, n).await?;
             println!(
-                "  round {round}: ceiling qos{qos}: {:.0} msg/s ({} of {} received, publisher {:.0} msg/s)",
-                c.rate, c.received, c.published, c.pub_rate
+                "  round {round}: ceiling qos{qos}: {:.0} msg/s ({} of {} received, publisher {:.0} msg/s) {}",
+                c.rate, c.received, c.published, c.pub_rate, c.extra
             );
             let dm = match daemon_ingest(qos, n, &vm, &hook, true).await {
                 Ok(x) => x,
