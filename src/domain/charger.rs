@@ -130,12 +130,17 @@ struct Session {
 }
 
 impl Session {
+    /// `session_kwh`, else the meter delta, else integrated power. A counter that has only
+    /// ever read zero is taken as not reported: an OCPP StartTransaction gives `session_kwh`
+    /// 0, and a station configured for power and SoC only never reports energy again.
     fn energy_kwh(&self) -> f64 {
-        if let Some(k) = self.session_kwh {
+        if let Some(k) = self.session_kwh.filter(|k| *k > 0.0) {
             return k;
         }
         if let (Some(a), Some(b)) = (self.meter_start, self.meter_last) {
-            return (b - a).max(0.0);
+            if b > a {
+                return b - a;
+            }
         }
         self.integrated_kwh
     }
@@ -644,7 +649,9 @@ impl ChargerMachine {
         // Completion timers run only after real charging: the suspended_ev / zero power
         // seen while a DC charge is still being negotiated is not the car being full.
         if s.real && s.terminal.is_none() {
-            if status == Some(ChargerStatus::SuspendedEv) {
+            // Cross-checked with power: `suspended_ev` while the car still draws more than
+            // the low-power threshold is a status that lags, not the car being done.
+            if status == Some(ChargerStatus::SuspendedEv) && !drawing_now {
                 s.suspended_ev_since.get_or_insert(ts);
             } else {
                 s.suspended_ev_since = None;
@@ -680,7 +687,7 @@ impl ChargerMachine {
         let Some(s) = self.session.as_mut() else {
             return;
         };
-        s.drawing = drawing_now && status != Some(ChargerStatus::SuspendedEv);
+        s.drawing = drawing_now;
         if s.real && s.terminal.is_none() && !s.nearly_sent {
             if let Some(eta) = eta.filter(|e| *e * 1000.0 < th.nearly_complete_eta_ms as f64) {
                 s.nearly_sent = true;
@@ -1135,6 +1142,50 @@ mod tests {
         sim.tick(61 * S);
         assert_eq!(sim.one(ChargingComplete).ts, since + 60 * S);
         assert_eq!(sim.one(ChargingComplete).soc_pct, None);
+    }
+
+    #[test]
+    fn suspended_ev_while_drawing_power_is_not_complete() {
+        let mut sim = Sim::new(ChargerKind::Dc);
+        sim.send(0, Preparing, 0.0);
+        // The status says suspended_ev from the start, the power says charging.
+        for _ in 0..30 {
+            sim.kwh += 0.2;
+            sim.send(10 * S, SuspendedEv, 80.0);
+        }
+        sim.tick(MIN);
+        assert_eq!(sim.count(ChargingComplete), 0, "80 kW is still flowing");
+        // Once the power stops too, the grace runs from there.
+        sim.send(10 * S, SuspendedEv, 0.0);
+        let since = sim.now;
+        sim.tick(61 * S);
+        assert_eq!(sim.one(ChargingComplete).ts, since + 60 * S);
+    }
+
+    #[test]
+    fn a_session_counter_stuck_at_zero_falls_back_to_integrated_power() {
+        let m = meta(ChargerKind::Ac);
+        let mut mach = ChargerMachine::new(&m);
+        let mut evs = Vec::new();
+        for i in 0..=60 {
+            let mut t = tm(T0 + i * MIN, if i == 0 { Preparing } else { Charging });
+            t.power_kw = Some(if i == 0 { 0.0 } else { 10.0 });
+            // StartTransaction's 0 and a register that never moves (power and SoC only).
+            t.session_kwh = (i == 0).then_some(0.0);
+            t.meter_kwh = (i == 0).then_some(1000.0);
+            evs.extend(mach.step(&m, ChargerInput::Telemetry(&t)).effects);
+        }
+        let mut t = tm(T0 + 61 * MIN, Finishing);
+        t.power_kw = Some(0.0);
+        evs.extend(mach.step(&m, ChargerInput::Telemetry(&t)).effects);
+        let energy = evs
+            .iter()
+            .find_map(|e| match e {
+                Effect::Event(ev) if ev.kind == ChargingStopped => ev.energy_kwh,
+                _ => None,
+            })
+            .unwrap();
+        assert!((energy - 10.0).abs() < 1e-9, "{energy}");
     }
 
     #[test]
