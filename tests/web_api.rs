@@ -556,8 +556,10 @@ async fn a_guest_deletes_their_link_and_made_up_tokens_never_wait_for_the_writer
     let r = http
         .post(url("/api/v1/guests"))
         .header("X-Evlounge-Public", "1")
-        .json(&json!({"site": "milano", "charger": "hpc-3", "channel": "mqtt",
-                      "address": "bay3-display", "lang": "en"}))
+        .json(
+            &json!({"site": "milano", "charger": "hpc-3", "channel": "mqtt",
+                      "address": "bay3-display", "lang": "en"}),
+        )
         .send()
         .await
         .unwrap();

@@ -32,7 +32,7 @@ async fn link(
     body: axum::body::Bytes,
 ) -> Response {
     let staff = st.is_staff(&headers) && st.cfg.http.staff_token.is_some();
-    if !staff && !st.limiter.allow(peer.ip()) {
+    if !staff && !st.limiter.allow_request(peer, &headers) {
         return error(StatusCode::TOO_MANY_REQUESTS, "too many requests");
     }
     let req: LinkRequest = match serde_json::from_slice(&body) {

@@ -54,12 +54,22 @@ impl RateLimiter {
         }
     }
 
+    /// One request from `peer` (with its headers: see [`client_ip`]) may go on.
+    pub fn allow_request(&self, peer: SocketAddr, headers: &HeaderMap) -> bool {
+        self.allow(client_ip(peer, headers))
+    }
+
     pub fn allow(&self, ip: std::net::IpAddr) -> bool {
         let now = std::time::Instant::now();
         let cap = f64::from(self.per_minute);
         let mut b = self.buckets.lock();
         if b.len() > 10_000 {
             b.retain(|_, (_, t)| now.duration_since(*t).as_secs() < 120);
+            // Still full of fresh clients: start over rather than scan the map under the
+            // lock on every request from now on.
+            if b.len() > 10_000 {
+                b.clear();
+            }
         }
         let (tokens, last) = b.entry(ip).or_insert((cap, now));
         *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * cap / 60.0).min(cap);
@@ -70,6 +80,37 @@ impl RateLimiter {
         } else {
             false
         }
+    }
+}
+
+/// The client a rate limit applies to. Behind a reverse proxy on this host every request
+/// comes from loopback: there the proxy's `X-Forwarded-For` names the client (its last
+/// entry, the address the proxy itself saw; earlier entries are the client's to make up).
+/// IPv6 clients count per /64, the block one subscriber usually holds.
+pub fn client_ip(peer: SocketAddr, headers: &HeaderMap) -> std::net::IpAddr {
+    use std::net::IpAddr;
+    let mut ip = peer.ip();
+    if ip.is_loopback() {
+        let forwarded = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .last()
+            .and_then(|a| a.trim().parse::<IpAddr>().ok());
+        if let Some(f) = forwarded {
+            ip = f;
+        }
+    }
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
     }
 }
 
@@ -130,4 +171,63 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(tokio::net::TcpListener,
     let l = tokio::net::TcpListener::bind(addr).await?;
     let a = l.local_addr()?;
     Ok((l, a))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(xff: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in xff {
+            h.append("x-forwarded-for", v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn behind_a_local_proxy_the_client_is_the_proxys_last_forwarded_entry() {
+        let local: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert_eq!(client_ip(local, &headers(&[])), ip("127.0.0.1"));
+        assert_eq!(
+            client_ip(local, &headers(&["203.0.113.7"])),
+            ip("203.0.113.7")
+        );
+        // A client's own header comes first; the proxy appends what it saw.
+        assert_eq!(
+            client_ip(local, &headers(&["10.9.9.9, 203.0.113.7"])),
+            ip("203.0.113.7")
+        );
+        assert_eq!(
+            client_ip(local, &headers(&["10.9.9.9", "203.0.113.8"])),
+            ip("203.0.113.8")
+        );
+        assert_eq!(client_ip(local, &headers(&["garbage"])), ip("127.0.0.1"));
+        // A direct client cannot pick its own bucket.
+        let remote: SocketAddr = "198.51.100.4:5555".parse().unwrap();
+        assert_eq!(
+            client_ip(remote, &headers(&["203.0.113.7"])),
+            ip("198.51.100.4")
+        );
+        // IPv6: one bucket per /64; v4-mapped addresses are their IPv4 address.
+        let a: SocketAddr = "[2001:db8:1:2:aaaa::1]:1".parse().unwrap();
+        let b: SocketAddr = "[2001:db8:1:2:bbbb::2]:1".parse().unwrap();
+        assert_eq!(client_ip(a, &headers(&[])), client_ip(b, &headers(&[])));
+        let m: SocketAddr = "[::ffff:198.51.100.4]:1".parse().unwrap();
+        assert_eq!(client_ip(m, &headers(&[])), ip("198.51.100.4"));
+    }
+
+    #[test]
+    fn the_limiter_allows_a_minutes_worth_per_client_and_no_more() {
+        let l = RateLimiter::new(3);
+        let local: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let (a, b) = (headers(&["203.0.113.1"]), headers(&["203.0.113.2"]));
+        for _ in 0..3 {
+            assert!(l.allow_request(local, &a));
+        }
+        assert!(!l.allow_request(local, &a));
+        // Another client behind the same proxy has its own bucket.
+        assert!(l.allow_request(local, &b));
+    }
 }

@@ -310,9 +310,10 @@ fn login_page(code: StatusCode, failed: bool) -> Response {
 async fn login(
     State(st): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if !st.limiter.allow(peer.ip()) {
+    if !st.limiter.allow_request(peer, &headers) {
         return (StatusCode::TOO_MANY_REQUESTS, "too many attempts\n").into_response();
     }
     let token = url::form_urlencoded::parse(&body)
