@@ -553,6 +553,18 @@ async fn a_guest_deletes_their_link_and_made_up_tokens_never_wait_for_the_writer
     .await;
     let http = client();
     let url = |p: &str| format!("{}{p}", d.base);
+    // What a page elsewhere can make a browser send without a CORS preflight is refused.
+    let body = r#"{"site": "milano", "charger": "hpc-3", "channel": "mqtt", "address": "x"}"#;
+    for ct in ["text/plain", "application/x-www-form-urlencoded"] {
+        let r = http
+            .post(url("/api/v1/guests"))
+            .header("content-type", ct)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 415, "{ct}");
+    }
     let r = http
         .post(url("/api/v1/guests"))
         .header("X-Evlounge-Public", "1")

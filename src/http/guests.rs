@@ -31,6 +31,20 @@ async fn link(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
+    // JSON only: a page elsewhere can make a browser POST text/plain or a form here without
+    // asking first (no CORS preflight), but not application/json. Without a staff token
+    // (loopback deployments) that is what keeps a web page opened on this host from linking.
+    let json = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/json",
+        );
+    }
     let staff = st.is_staff(&headers) && st.cfg.http.staff_token.is_some();
     if !staff && !st.limiter.allow_request(peer, &headers) {
         return error(StatusCode::TOO_MANY_REQUESTS, "too many requests");
