@@ -612,4 +612,37 @@ async fn a_guest_deletes_their_link_and_made_up_tokens_never_wait_for_the_writer
     assert_eq!(r.status(), 204);
     assert_eq!(http.get(&own).send().await.unwrap().status(), 404);
     assert_eq!(http.delete(&own).send().await.unwrap().status(), 404);
+
+    // The public links bays that exist, and up to 10 guests on one bay; the desk is not
+    // limited.
+    let public = |charger: &str, i: usize| {
+        http.post(url("/api/v1/guests"))
+            .header("X-Evlounge-Public", "1")
+            .json(
+                &json!({"site": "milano", "charger": charger, "channel": "mqtt",
+                          "address": format!("display-{i}")}),
+            )
+    };
+    let r = public("hpc-99", 0).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    for i in 1..=10 {
+        assert_eq!(
+            public("hpc-4", i).send().await.unwrap().status(),
+            201,
+            "{i}"
+        );
+    }
+    let r = public("hpc-4", 11).send().await.unwrap();
+    assert_eq!(r.status(), 409);
+    let r = http
+        .post(url("/api/v1/guests"))
+        .bearer_auth(TOKEN)
+        .json(
+            &json!({"site": "milano", "charger": "hpc-4", "channel": "mqtt",
+                      "address": "desk-linked"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
 }

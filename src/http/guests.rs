@@ -25,6 +25,16 @@ fn error(code: StatusCode, msg: impl Into<String>) -> Response {
     (code, Json(json!({"error": msg.into()}))).into_response()
 }
 
+/// Guests the public may link to one bay at a time (waiting or bound): enough for a
+/// family, few enough that nobody can have the operator's mail server write to a crowd of
+/// strangers about one car. The front desk is not limited.
+const MAX_PUBLIC_LINKS_PER_BAY: i64 = 10;
+
+enum Refused {
+    Invalid(notify::LinkError),
+    BayFull,
+}
+
 async fn link(
     State(st): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -59,13 +69,24 @@ async fn link(
             )
         }
     };
-    let check = if staff || st.cfg.http.staff_token.is_none() && is_loopback_staff(&headers) {
-        req.validate(&st.notify)
-    } else {
+    let public = !(staff || st.cfg.http.staff_token.is_none() && is_loopback_staff(&headers));
+    let check = if public {
         req.validate_public(&st.notify)
+    } else {
+        req.validate(&st.notify)
     };
     if let Err(e) = check {
         return error(StatusCode::BAD_REQUEST, e.to_string());
+    }
+    // The public links a bay: one that has a page (configured, or heard from). A made-up
+    // charger would keep the contact stored, waiting for a session that never comes.
+    if public
+        && req
+            .charger
+            .as_deref()
+            .is_none_or(|c| super::pages::known_bay(&st, &req.site, c).is_none())
+    {
+        return error(StatusCode::NOT_FOUND, "unknown charger");
     }
     let current = req
         .charger
@@ -79,6 +100,21 @@ async fn link(
     let res = tokio::task::spawn_blocking(move || {
         // Outer error: the store failed; inner: the request was refused.
         let conn = store::open_writer(&dir).map_err(|e| e.to_string())?;
+        if public {
+            if let Some(c) = &req.charger {
+                let linked: i64 = conn
+                    .query_row(
+                        "SELECT COUNT(*) FROM guests WHERE site = ?1 AND charger = ?2
+                         AND state IN ('pending', 'bound') AND address IS NOT NULL",
+                        rusqlite::params![req.site, c],
+                        |r| r.get(0),
+                    )
+                    .map_err(|e| e.to_string())?;
+                if linked >= MAX_PUBLIC_LINKS_PER_BAY {
+                    return Ok(Err(Refused::BayFull));
+                }
+            }
+        }
         match notify::link_guest(
             &conn,
             &req,
@@ -87,7 +123,7 @@ async fn link(
             crate::util::time::now_ms(),
         ) {
             Ok(l) => Ok(Ok(l)),
-            Err(notify::NotifyError::Invalid(e)) => Ok(Err(e)),
+            Err(notify::NotifyError::Invalid(e)) => Ok(Err(Refused::Invalid(e))),
             Err(notify::NotifyError::Store(e)) => Err(e.to_string()),
         }
     })
@@ -101,9 +137,13 @@ async fn link(
             )
                 .into_response()
         }
-        Ok(Ok(Err(e))) => error(
+        Ok(Ok(Err(Refused::Invalid(e)))) => error(
             StatusCode::BAD_REQUEST,
             format!("invalid link request: {e}"),
+        ),
+        Ok(Ok(Err(Refused::BayFull))) => error(
+            StatusCode::CONFLICT,
+            "this bay has as many guests linked as it takes; ask the front desk",
         ),
         // The store's own message (a path, "database is locked") is for the log, not the
         // caller, who may try again.

@@ -133,7 +133,7 @@ fn not_found() -> Response {
 }
 
 /// The bay label of a known charger: configured, or seen live (auto-registered).
-fn known_bay(st: &AppState, site: &str, charger: &str) -> Option<(String, String)> {
+pub(crate) fn known_bay(st: &AppState, site: &str, charger: &str) -> Option<(String, String)> {
     let site_name = st
         .cfg
         .site(site)
