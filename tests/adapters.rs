@@ -10,6 +10,10 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 
 const T0: i64 = 1_795_514_400_000; // 2026-11-24T10:00:00Z
+/// A receive time after every message time of the tests (a replay, the next day): a message
+/// time more than 5 minutes after its receive time is clock skew, which the adapters keep
+/// out of their message clocks.
+const LATER: i64 = T0 + 86_400_000;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -315,7 +319,7 @@ fn evcc_session_replay() {
     assert_eq!(last(&t, |t| t.soc_pct), Some(80.0));
     assert_eq!(last(&t, |t| t.target_soc_pct), Some(80.0));
     assert!(t.iter().any(|t| t.vehicle.as_deref() == Some("Taycan 4S")));
-    // chargeRemainingDuration is in nanoseconds: 1170 s early in the session.
+    // chargeRemainingDuration is in seconds (evcc's MQTT encoding): 1170 s early on.
     assert_eq!(t.iter().find_map(|t| t.remaining_s), Some(1_170.0));
 }
 
@@ -404,14 +408,14 @@ fn start(src: &mut Src, cp: &str, connector: u32, meter_start: i64, tx: i64, ts:
     src.json(
         &topic,
         frame(&uid, "StartTransaction", json!({"connectorId": connector, "idTag": "TAG", "meterStart": meter_start, "timestamp": ts})),
-        0,
+        LATER,
     )
     .unwrap();
     let r = src
         .json(
             &topic,
             json!([3, uid, {"transactionId": tx, "idTagInfo": {"status": "Accepted"}}]),
-            0,
+            LATER,
         )
         .unwrap();
     assert_eq!(
@@ -672,7 +676,7 @@ fn ocpp16j_out_of_order_and_missing_timestamps() {
     let topic = "ocpp/CP/in";
     start(&mut s, "CP", 1, 10_000, 5, "2026-11-24T10:00:00Z");
     let ts = |s: &mut Src, at: &str, wh: &str| {
-        one(s.json(topic, meter(1, Some(5), at, json!([{"value": wh}])), 0))
+        one(s.json(topic, meter(1, Some(5), at, json!([{"value": wh}])), LATER))
     };
     assert_eq!(
         ts(&mut s, "2026-11-24T10:05:00Z", "15000").session_kwh,
@@ -1148,4 +1152,297 @@ fn ocpp16j_next_car_does_not_inherit_the_old_session() {
         )
         .unwrap();
     assert!(out.is_empty(), "{out:?}");
+}
+
+// ---------------------------------------------------------------- review findings
+
+fn telemetries(r: Result<Vec<Input>, DecodeError>) -> Vec<Telemetry> {
+    r.expect("decodes")
+        .into_iter()
+        .filter_map(|i| match i {
+            Input::Telemetry { t, .. } => Some(t),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn ocpp16j_kwh_register_rounded_below_meter_start_is_not_a_reset() {
+    let mut s = Src::ocpp16();
+    let topic = "ocpp/CP/in";
+    start(&mut s, "CP", 1, 10_233_450, 11, "2026-11-24T10:00:00Z");
+    let kwh = |s: &mut Src, ts: &str, v: &str| {
+        one(s.json(
+            topic,
+            meter(
+                1,
+                Some(11),
+                ts,
+                json!([{"measurand": "Energy.Active.Import.Register", "unit": "kWh", "value": v}]),
+            ),
+            0,
+        ))
+        .session_kwh
+    };
+    // 10233.4 kWh is meterStart rounded down: noise, not a register reset.
+    assert_eq!(kwh(&mut s, "2026-11-24T10:01:00Z", "10233.4"), Some(0.0));
+    let e = kwh(&mut s, "2026-11-24T10:02:00Z", "10245.5").unwrap();
+    assert!(close(e, 12.05), "{e}");
+    // A small step back holds the energy (it never decreases).
+    let e = kwh(&mut s, "2026-11-24T10:03:00Z", "10245.4").unwrap();
+    assert!(close(e, 12.05), "{e}");
+    let e = kwh(&mut s, "2026-11-24T10:04:00Z", "10246.5").unwrap();
+    assert!(close(e, 13.05), "{e}");
+}
+
+#[test]
+fn ocpp16j_inlet_and_outlet_values_are_not_mixed() {
+    let mut s = Src::ocpp16();
+    let topic = "ocpp/CP/in";
+    start(&mut s, "CP", 1, 1_000_000, 7, "2026-11-24T10:00:00Z");
+    let t = one(s.json(
+        topic,
+        meter(
+            1,
+            Some(7),
+            "2026-11-24T10:01:00Z",
+            json!([
+                {"measurand": "Energy.Active.Import.Register", "location": "Outlet", "value": "1002000"},
+                {"measurand": "Energy.Active.Import.Register", "location": "Inlet", "value": "1002500"},
+                {"measurand": "Power.Active.Import", "phase": "L1", "location": "Outlet", "value": "3600"},
+                {"measurand": "Power.Active.Import", "phase": "L1", "location": "Inlet", "value": "3700"},
+                {"measurand": "SoC", "location": "EV", "value": "47"},
+                {"measurand": "SoC", "location": "Outlet", "value": "99"}
+            ]),
+        ),
+        0,
+    ));
+    assert_eq!(t.meter_kwh, Some(1002.0));
+    assert_eq!(t.session_kwh, Some(2.0));
+    assert!(close(t.power_kw.unwrap(), 3.6), "{:?}", t.power_kw);
+    assert_eq!(t.soc_pct, Some(47.0));
+    // A charger that meters only at the inlet: those values are used.
+    let t = one(s.json(
+        topic,
+        meter(
+            1,
+            Some(7),
+            "2026-11-24T10:02:00Z",
+            json!([{"measurand": "Power.Active.Import", "location": "Inlet", "value": "50000"}]),
+        ),
+        0,
+    ));
+    assert_eq!(t.power_kw, Some(50.0));
+}
+
+#[test]
+fn ocpp201_ended_and_available_in_the_same_second_get_increasing_times() {
+    let mut s = Src::new("format = \"ocpp201\"\ntopic = \"ocpp/{cp}/in\"\nsite = \"m\"");
+    let topic = "ocpp/CS/in";
+    let tx = |ev: &str, ts: &str, state: &str| {
+        json!([2, format!("{ev}{ts}"), "TransactionEvent", {"eventType": ev, "timestamp": ts,
+            "triggerReason": "EVDeparted", "seqNo": 0, "evse": {"id": 1, "connectorId": 1},
+            "transactionInfo": {"transactionId": "TX1", "chargingState": state}}])
+    };
+    let sn = |st: &str, ts: &str| json!([2, format!("{st}{ts}"), "StatusNotification", {"timestamp": ts, "connectorStatus": st, "evseId": 1, "connectorId": 1}]);
+    let mut out = Vec::new();
+    out.extend(telemetries(s.json(
+        topic,
+        sn("Occupied", "2026-11-24T10:00:00Z"),
+        LATER,
+    )));
+    out.extend(telemetries(s.json(
+        topic,
+        tx("Started", "2026-11-24T10:00:00Z", "Charging"),
+        LATER,
+    )));
+    out.extend(telemetries(s.json(
+        topic,
+        tx("Ended", "2026-11-24T10:30:00Z", "EVConnected"),
+        LATER,
+    )));
+    out.extend(telemetries(s.json(
+        topic,
+        sn("Available", "2026-11-24T10:30:00Z"),
+        LATER,
+    )));
+    assert_eq!(
+        out.iter().map(|t| t.status.unwrap()).collect::<Vec<_>>(),
+        vec![Preparing, Charging, Finishing, Available]
+    );
+    assert!(
+        out.windows(2).all(|w| w[0].ts < w[1].ts),
+        "{:?}",
+        out.iter().map(|t| t.ts).collect::<Vec<_>>()
+    );
+    // A redelivered frame (same bytes) keeps its time, for the domain to drop.
+    let again = telemetries(s.json(topic, sn("Available", "2026-11-24T10:30:00Z"), LATER));
+    assert_eq!(again[0].ts, T0 + 1_800_000);
+}
+
+#[test]
+fn evcc_remaining_duration_is_seconds_and_old_nanoseconds_still_read() {
+    let mut s = Src::new(
+        "format = \"evcc\"\ntopic = \"evcc/loadpoints/{id}/#\"\nsite = \"home\"\ncharger = \"lp{id}\"",
+    );
+    s.feed("evcc/loadpoints/1/connected", b"true", T0).unwrap();
+    let t = one(s.feed("evcc/loadpoints/1/chargeRemainingDuration", b"1170", T0 + 1));
+    assert_eq!(t.remaining_s, Some(1_170.0));
+    // evcc before MQTT published seconds (REST's time.Duration JSON) sent nanoseconds.
+    let t = one(s.feed(
+        "evcc/loadpoints/1/chargeRemainingDuration",
+        b"1140000000000",
+        T0 + 2,
+    ));
+    assert_eq!(t.remaining_s, Some(1_140.0));
+}
+
+#[test]
+fn everest_next_car_does_not_inherit_vehicle_values() {
+    let mut s =
+        Src::new("format = \"everest\"\ntopic = \"everest_api/{module}/var/#\"\nsite = \"m\"");
+    let info = |state: &str, at: i64| json!({"state": state, "datetime": at / 1000, "charged_energy_wh": 1000, "latest_total_w": 0});
+    let si = "everest_api/e/var/session_info";
+    one(s.json(si, info("Charging", T0), T0));
+    let t = one(s.json(
+        "everest_api/e/var/ev_info",
+        json!({"soc": 80, "target_soc": 80, "estimated_time_full": 0}),
+        T0,
+    ));
+    assert_eq!((t.soc_pct, t.target_soc_pct), (Some(80.0), Some(80.0)));
+    one(s.json(si, info("Finished", T0 + 10_000), T0));
+    one(s.json(si, info("Unplugged", T0 + 60_000), T0));
+    // The next car, two minutes later: nothing of the last one's.
+    let t = one(s.json(si, info("Preparing", T0 + 120_000), T0));
+    assert_eq!(t.status, Some(Preparing));
+    assert_eq!(
+        (t.soc_pct, t.target_soc_pct, t.remaining_s),
+        (None, None, None)
+    );
+    let t = one(s.json(si, info("Charging", T0 + 130_000), T0));
+    assert_eq!(
+        (t.soc_pct, t.target_soc_pct, t.remaining_s),
+        (None, None, None)
+    );
+}
+
+fn openwb() -> Src {
+    Src::new(
+        "format = \"openwb\"\ntopic = \"openWB/chargepoint/{id}/get/#\"\nsite = \"home\"\ncharger = \"cp{id}\"",
+    )
+}
+
+#[test]
+fn openwb_next_car_does_not_inherit_soc() {
+    let mut s = openwb();
+    let b = "openWB/chargepoint/3/get/";
+    let f = |s: &mut Src, k: &str, v: &str, at: i64| s.feed(&format!("{b}{k}"), v.as_bytes(), at);
+    f(&mut s, "plug_state", "false", T0).unwrap();
+    f(&mut s, "plug_state", "true", T0 + 1_000).unwrap();
+    let t = one(f(
+        &mut s,
+        "connected_vehicle/soc",
+        r#"{"soc": 80}"#,
+        T0 + 2_000,
+    ));
+    assert_eq!(t.soc_pct, Some(80.0));
+    f(&mut s, "plug_state", "false", T0 + 60_000).unwrap();
+    let t = one(f(&mut s, "plug_state", "true", T0 + 120_000));
+    assert_eq!(t.status, Some(Preparing));
+    assert_eq!(t.soc_pct, None);
+}
+
+#[test]
+fn openwb_restart_with_a_car_plugged_in_reports_no_session_energy_until_a_plug_in() {
+    let mut s = openwb();
+    let b = "openWB/chargepoint/3/get/";
+    let f = |s: &mut Src, k: &str, v: &str, at: i64| s.feed(&format!("{b}{k}"), v.as_bytes(), at);
+    // The daemon restarted mid-session: the retained values arrive, plug_state already true.
+    f(&mut s, "imported", "2000000", T0).unwrap();
+    let t = one(f(&mut s, "plug_state", "true", T0));
+    assert_eq!(t.session_kwh, None);
+    f(&mut s, "charge_state", "true", T0).unwrap();
+    let t = one(f(&mut s, "imported", "2001000", T0 + 60_000));
+    assert_eq!((t.status, t.session_kwh), (Some(Charging), None));
+    // A real plug-in: counted from there.
+    f(&mut s, "charge_state", "false", T0 + 70_000).unwrap();
+    f(&mut s, "plug_state", "false", T0 + 80_000).unwrap();
+    let t = one(f(&mut s, "plug_state", "true", T0 + 90_000));
+    assert_eq!(t.session_kwh, Some(0.0));
+    let t = one(f(&mut s, "imported", "2002000", T0 + 120_000));
+    assert_eq!(t.session_kwh, Some(1.0));
+}
+
+#[test]
+fn ocpp16j_session_id_stays_stable_without_the_callresult() {
+    let mut s = Src::ocpp16();
+    let topic = "ocpp/CP/in";
+    // The bridge relays only the station's frames: no CALLRESULT with the transactionId.
+    s.json(topic, frame("u1", "StartTransaction", json!({"connectorId": 1, "idTag": "T", "meterStart": 1000, "timestamp": "2026-11-24T10:00:00Z"})), 0).unwrap();
+    let provisional = format!("CP-1-{T0}");
+    let t = one(s.json(topic, status(1, "Charging", "2026-11-24T10:00:01Z"), 0));
+    assert_eq!(t.session_id.as_deref(), Some(provisional.as_str()));
+    // The transactionId, learnt from MeterValues, does not rename the session.
+    let t = one(s.json(
+        topic,
+        meter(
+            1,
+            Some(77),
+            "2026-11-24T10:01:00Z",
+            json!([{"value": "3000"}]),
+        ),
+        0,
+    ));
+    assert_eq!(t.session_id.as_deref(), Some(provisional.as_str()));
+    assert_eq!(t.session_kwh, Some(2.0));
+    let t = one(s.json(
+        topic,
+        frame(
+            "x",
+            "StopTransaction",
+            json!({"transactionId": 77, "meterStop": 4000, "timestamp": "2026-11-24T10:02:00Z"}),
+        ),
+        0,
+    ));
+    assert_eq!(
+        (t.status, t.session_id.as_deref(), t.session_kwh),
+        (Some(Finishing), Some(provisional.as_str()), Some(3.0))
+    );
+    // The next transaction, whose CALLRESULT comes before anything shows its id, uses it.
+    s.json(topic, status(1, "Available", "2026-11-24T10:03:00Z"), 0)
+        .unwrap();
+    start(&mut s, "CP", 1, 4000, 78, "2026-11-24T10:10:00Z");
+    let t = one(s.json(topic, status(1, "Charging", "2026-11-24T10:10:01Z"), 0));
+    assert_eq!(t.session_id.as_deref(), Some("78"));
+}
+
+#[test]
+fn ocpp16j_meter_values_sharing_a_timestamp_are_merged() {
+    let mut s = Src::ocpp16();
+    let topic = "ocpp/CP/in";
+    start(&mut s, "CP", 1, 1_000_000, 7, "2026-11-24T10:00:00Z");
+    let at = "2026-11-24T10:01:00Z";
+    let out = telemetries(s.json(
+        topic,
+        frame(
+            "m",
+            "MeterValues",
+            json!({"connectorId": 1, "transactionId": 7, "meterValue": [
+                {"timestamp": at, "sampledValue": [{"value": "1005000"}]},
+                {"timestamp": at, "sampledValue": [
+                    {"measurand": "Power.Active.Import", "value": "150000"},
+                    {"measurand": "SoC", "location": "EV", "value": "55"}]},
+                {"timestamp": "2026-11-24T10:01:30Z", "sampledValue": [{"measurand": "SoC", "location": "EV", "value": "56"}]}
+            ]}),
+        ),
+        0,
+    ));
+    assert_eq!(out.len(), 2, "{out:?}");
+    let t = &out[0];
+    assert_eq!(t.ts, T0 + 60_000);
+    assert_eq!(
+        (t.session_kwh, t.power_kw, t.soc_pct),
+        (Some(5.0), Some(150.0), Some(55.0))
+    );
+    assert_eq!((out[1].ts, out[1].soc_pct), (T0 + 90_000, Some(56.0)));
 }

@@ -1030,7 +1030,17 @@ impl Processor {
             if let Some(r) = src.decode(&m.topic, &m.payload, m.recv_ms) {
                 let name = src.name();
                 metrics::counter!("evlounge_mqtt_messages_total", "kind" => name).increment(1);
-                return Some(r.map_err(|e| (name, e)));
+                return Some(match r {
+                    Ok(mut inputs) => {
+                        // The contract decoder's clock-skew rule holds for adapters too: a
+                        // station clock in 2036 must not move the charger's clock there.
+                        let skewed =
+                            crate::ingest::sources::replace_future_times(&mut inputs, m.recv_ms);
+                        self.meters.clock_skew.increment(skewed);
+                        Ok(inputs)
+                    }
+                    Err(e) => Err((name, e)),
+                });
             }
         }
         None

@@ -57,6 +57,17 @@ impl DecodeError {
 /// A `ts` more than this far in the future is replaced by the receive time.
 pub const MAX_FUTURE_MS: TsMs = 5 * 60 * 1000;
 
+/// `ts`, or the receive time when `ts` is more than [`MAX_FUTURE_MS`] ahead of it (a
+/// charger clock gone wrong); the flag says it was replaced (`evlounge_clock_skew_total`).
+/// The one rule for the contract's messages and for the adapters' output.
+pub fn clamp_future(ts: TsMs, recv_ms: TsMs) -> (TsMs, bool) {
+    if ts > recv_ms.saturating_add(MAX_FUTURE_MS) {
+        (recv_ms, true)
+    } else {
+        (ts, false)
+    }
+}
+
 /// A decoded value plus whether its `ts` was replaced for clock skew.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Decoded<T> {
@@ -115,11 +126,7 @@ fn resolve_ts(ts: Option<RawTs<'_>>, recv_ms: TsMs) -> Result<(TsMs, bool), Deco
         Some(RawTs::Text(s)) => crate::util::time::parse_rfc3339_ms(&s)
             .ok_or_else(|| DecodeError::InvalidField(format!("ts {s:?} is not RFC 3339")))?,
     };
-    if t > recv_ms + MAX_FUTURE_MS {
-        Ok((recv_ms, true))
-    } else {
-        Ok((t, false))
-    }
+    Ok(clamp_future(t, recv_ms))
 }
 
 #[derive(Deserialize)]

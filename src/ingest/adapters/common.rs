@@ -1,13 +1,16 @@
 //! Helpers shared by the adapters: payload parsing, timestamps, range checks, ids.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{NaiveDateTime, TimeZone, Utc};
 use serde_json::Value;
 
 use super::template::{render, Captures};
 use super::DecodeError;
-use crate::domain::input::{ChargerKey, ChargerStatus, LoungeReading, Telemetry, TsMs, ZoneKey};
+use crate::domain::input::{
+    ChargerKey, ChargerStatus, Input, LoungeReading, Telemetry, TsMs, ZoneKey,
+};
+use crate::ingest::decode::clamp_future;
 
 /// Values from a per-value topic older than this (on the message clock) are left out of the
 /// aggregate, so a sensor that stopped publishing does not keep reporting its last power.
@@ -111,7 +114,13 @@ impl StationClock {
         self.last.unwrap_or(recv_ms)
     }
 
-    pub fn saw(&mut self, ts: TsMs) {
+    /// Records a frame's time, unless it is one the daemon replaces as clock skew (see
+    /// [`clamp_future`]): a station clock gone to 2036 for one frame must not place every
+    /// later frame without a time there.
+    pub fn saw(&mut self, ts: TsMs, recv_ms: TsMs) {
+        if clamp_future(ts, recv_ms).1 {
+            return;
+        }
         self.last = Some(self.last.map_or(ts, |l| l.max(ts)));
     }
 }
@@ -301,8 +310,13 @@ pub fn parse_status_loose(s: &str) -> Option<ChargerStatus> {
 }
 
 /// Energy of one session from an energy register, robust to register resets: a register
-/// that goes backwards restarted from zero, so what was counted so far is carried over and
-/// the session never loses energy nor turns negative.
+/// that falls to less than half its last value restarted from zero (a meter swap, a 32-bit
+/// rollover), so what was counted so far is carried over. A smaller step back is rounding
+/// (a kWh register rounded below `meterStart` in Wh) or meter noise: the energy holds. The
+/// session never loses energy nor turns negative.
+/// A register below this fraction of its last value was reset; above it, a step back is noise.
+const RESET_BELOW: f64 = 0.5;
+
 #[derive(Clone, Debug, Default)]
 pub struct SessionEnergy {
     /// Register at the session start (OCPP 1.6 `meterStart`, 2.0.1 first reading).
@@ -326,13 +340,15 @@ impl SessionEnergy {
     pub fn advance(&mut self, meter_wh: f64) -> Option<f64> {
         let base = self.base_wh?;
         let last = self.last_wh.unwrap_or(base);
-        let base = if meter_wh < last {
+        if meter_wh < last * RESET_BELOW {
             self.carried_wh += (last - base).max(0.0);
             self.base_wh = Some(0.0);
-            0.0
-        } else {
-            base
-        };
+            self.last_wh = Some(meter_wh);
+            return Some(self.carried_wh + meter_wh.max(0.0));
+        }
+        // A small step back: keep the highest reading, so the energy holds until the
+        // register passes it again.
+        let meter_wh = meter_wh.max(last);
         self.last_wh = Some(meter_wh);
         Some(self.carried_wh + (meter_wh - base).max(0.0))
     }
@@ -368,6 +384,11 @@ impl PerValue {
             .get(name)
             .filter(|(_, at)| now - at <= STALE_AFTER_MS)
             .map(|(v, _)| *v)
+    }
+
+    /// Forgets a value (the car that reported it left).
+    pub fn remove(&mut self, name: &str) {
+        self.vals.remove(name);
     }
 
     /// A state value (plugged, car state): these are published only on change, so they
@@ -414,8 +435,13 @@ impl MsgClock {
         out
     }
 
-    /// A reading with a source time `ts`, from `part` (e.g. `powermeter`).
-    pub fn stamped(&mut self, ts: TsMs, part: &str) -> TsMs {
+    /// A reading with a source time `ts`, from `part` (e.g. `powermeter`), received at
+    /// `recv_ms`. A time the daemon replaces as clock skew ([`clamp_future`]) passes through
+    /// and leaves the clock alone, so the readings after it are still spread apart.
+    pub fn stamped(&mut self, ts: TsMs, part: &str, recv_ms: TsMs) -> TsMs {
+        if clamp_future(ts, recv_ms).1 {
+            return ts;
+        }
         match self.latest {
             Some(l) if ts < l => ts,
             Some(l) if ts == l => {
@@ -435,6 +461,30 @@ impl MsgClock {
                 let out = self.last_out.map_or(ts, |o| ts.max(o + 1));
                 self.last_out = Some(out);
                 out
+            }
+        }
+    }
+}
+
+/// Per-charger [`MsgClock`]s of a station whose frames carry their own times (OCPP).
+///
+/// Stations with second-resolution clocks send StatusNotification, StartTransaction and
+/// MeterValues (1.6), or TransactionEvent Ended and StatusNotification Available (2.0.1),
+/// within the same second; the frame itself tells a sibling from a redelivery (identical
+/// bytes).
+#[derive(Debug, Default)]
+pub struct FrameClocks {
+    clocks: HashMap<String, MsgClock>,
+}
+
+impl FrameClocks {
+    /// Gives the telemetry decoded from one frame its charger's message time.
+    pub fn stamp(&mut self, payload: &[u8], out: &mut [Input], recv_ms: TsMs) {
+        let part = format!("{:08x}", crc32fast::hash(payload));
+        for input in out.iter_mut() {
+            if let Input::Telemetry { key, t } = input {
+                let clock = self.clocks.entry(key.charger.clone()).or_default();
+                t.ts = clock.stamped(t.ts, &part, recv_ms);
             }
         }
     }
@@ -520,6 +570,20 @@ mod tests {
         assert_eq!(SessionEnergy::default().advance(5.0), None);
     }
 
+    /// A kWh register rounded below a `meterStart` in Wh was taken for a reset, and the
+    /// session was credited with the whole lifetime register.
+    #[test]
+    fn session_energy_small_step_back_is_noise() {
+        let mut e = SessionEnergy::starting_at(10_233_450.0);
+        assert_eq!(e.advance(10_233_400.0), Some(0.0));
+        assert_eq!(e.advance(10_245_500.0), Some(12_050.0));
+        assert_eq!(e.advance(10_245_400.0), Some(12_050.0));
+        assert_eq!(e.advance(10_245_450.0), Some(12_050.0));
+        assert_eq!(e.advance(10_246_500.0), Some(13_050.0));
+        // A fall to less than half is still a reset.
+        assert_eq!(e.advance(1_000.0), Some(14_050.0));
+    }
+
     #[test]
     fn per_value_staleness() {
         let mut p = PerValue::default();
@@ -541,19 +605,25 @@ mod tests {
         assert_eq!(c.received(500), 500);
 
         let mut c = MsgClock::default();
+        let recv = 5_000;
         assert_eq!(c.latest(), None);
-        assert_eq!(c.stamped(1_000, "session_info"), 1_000);
-        assert_eq!(c.stamped(1_000, "powermeter"), 1_001);
-        assert_eq!(c.stamped(1_000, "ev_info"), 1_002);
+        assert_eq!(c.stamped(1_000, "session_info", recv), 1_000);
+        assert_eq!(c.stamped(1_000, "powermeter", recv), 1_001);
+        assert_eq!(c.stamped(1_000, "ev_info", recv), 1_002);
         // The same part again at that instant is a repeat: its own (already used) time.
-        assert_eq!(c.stamped(1_000, "powermeter"), 1_000);
+        assert_eq!(c.stamped(1_000, "powermeter", recv), 1_000);
         // Late: its own time.
-        assert_eq!(c.stamped(900, "session_info"), 900);
+        assert_eq!(c.stamped(900, "session_info", recv), 900);
         assert_eq!(c.latest(), Some(1_000));
         // The next instant: its own time, unless the spread already passed it.
-        assert_eq!(c.stamped(2_000, "session_info"), 2_000);
-        assert_eq!(c.stamped(2_000, "powermeter"), 2_001);
-        assert_eq!(c.stamped(2_001, "session_info"), 2_002);
+        assert_eq!(c.stamped(2_000, "session_info", recv), 2_000);
+        assert_eq!(c.stamped(2_000, "powermeter", recv), 2_001);
+        assert_eq!(c.stamped(2_001, "session_info", recv), 2_002);
         assert_eq!(c.latest(), Some(2_001));
+        // A time the daemon replaces as clock skew passes through and moves nothing.
+        let far = recv + 3_600_000;
+        assert_eq!(c.stamped(far, "session_info", recv), far);
+        assert_eq!(c.latest(), Some(2_001));
+        assert_eq!(c.stamped(2_001, "powermeter", recv), 2_003);
     }
 }

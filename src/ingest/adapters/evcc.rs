@@ -2,7 +2,8 @@
 //!
 //! Keys used: `connected`, `charging`, `chargePower` (W), `sessionEnergy` (Wh; older
 //! versions `chargedEnergy`), `vehicleSoc` (%), `effectiveLimitSoc`/`limitSoc` (target %,
-//! 0 = none), `chargeRemainingDuration` (a Go `time.Duration`: NANOSECONDS), and
+//! 0 = none), `chargeRemainingDuration` (a Go `time.Duration`, which evcc's MQTT publisher
+//! writes as whole SECONDS; versions before it, and the REST API, gave nanoseconds), and
 //! `vehicleName`/`vehicleTitle`.
 
 use std::collections::HashMap;
@@ -42,6 +43,16 @@ impl Evcc {
 
 fn number(v: &Value, name: &str) -> Result<f64, DecodeError> {
     num(v).ok_or_else(|| DecodeError::InvalidField(name.to_string()))
+}
+
+/// A `time.Duration` as evcc publishes it: seconds, or nanoseconds from old versions (1e9
+/// seconds is 31 years, no charge time; 1e9 ns is one second).
+fn duration_s(x: f64) -> f64 {
+    if x >= 1e9 {
+        x / 1e9
+    } else {
+        x
+    }
 }
 
 impl Adapter for Evcc {
@@ -112,8 +123,8 @@ impl Adapter for Evcc {
                 update = Some(("target_soc_pct", check_field("target_soc_pct", x)?));
             }
             "chargeRemainingDuration" => {
-                let ns = number(&v, name)?;
-                update = Some(("remaining_s", check_field("remaining_s", ns / 1e9)?));
+                let x = number(&v, name)?;
+                update = Some(("remaining_s", check_field("remaining_s", duration_s(x))?));
             }
             _ => {
                 let s = match &v {

@@ -17,6 +17,9 @@ use crate::domain::input::{ChargerStatus, Input, Telemetry, TsMs};
 
 const MAX_MODULES: usize = 10_000;
 
+/// What `ev_info` says about the car: it leaves with the car.
+const VEHICLE_VALUES: [&str; 3] = ["soc_pct", "target_soc_pct", "remaining_s"];
+
 #[derive(Debug, Default)]
 struct Module {
     status: Option<ChargerStatus>,
@@ -209,7 +212,16 @@ impl Adapter for Everest {
             *x = check_field(name, *x)?;
         }
         let m = self.modules.entry(skey).or_default();
-        if status.is_some() {
+        if let Some(new) = status {
+            // Unplugged, or plugged in again: the last car's SoC, target and time to full
+            // are not the next one's (they would stay fresh for minutes and make it look
+            // complete at once).
+            let was_free = m.status == Some(ChargerStatus::Available);
+            if was_free != (new == ChargerStatus::Available) {
+                for name in VEHICLE_VALUES {
+                    m.vals.remove(name);
+                }
+            }
             m.status = status;
         }
         for (name, x) in updates {
@@ -218,7 +230,7 @@ impl Adapter for Everest {
         let Some(status) = m.status else {
             return Ok(vec![]);
         };
-        let out_ts = m.clock.stamped(ts, var);
+        let out_ts = m.clock.stamped(ts, var, recv_ms);
         let f = |n: &str| m.vals.fresh(n, ts);
         let in_session = status != ChargerStatus::Available;
         let t = Telemetry {

@@ -7,14 +7,17 @@
 //! Session id: the transactionId once known (CALLRESULT, or a MeterValues/StopTransaction
 //! that carries it), else `{charger}-{start ms}`. The StartTransaction telemetry itself
 //! carries no session id, because its CALLRESULT normally follows within milliseconds and
-//! the domain should see one id per session, not a provisional one first.
+//! the domain should see one id per session, not a provisional one first. Once an id went
+//! out it stays for the transaction, since the domain takes a new id for a new session: a
+//! provisional id shown before the transactionId was learnt (from a bridge that relays only
+//! the station's frames) is kept to the end.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde_json::Value;
 
 use super::common::{
-    check_telemetry, num, opt_num, opt_str, parse_json, MsgClock, SessionEnergy, StationClock,
+    check_telemetry, num, opt_num, opt_str, parse_json, FrameClocks, SessionEnergy, StationClock,
     Target,
 };
 use super::template::Captures;
@@ -41,6 +44,8 @@ pub struct BootInfo {
 struct Tx {
     tx_id: Option<i64>,
     fallback_id: String,
+    /// The session id the domain was given, kept for the rest of the transaction.
+    shown_id: Option<String>,
     id_tag: Option<String>,
     energy: SessionEnergy,
     ended: bool,
@@ -50,11 +55,32 @@ struct Tx {
 }
 
 impl Tx {
-    fn session_id(&self) -> String {
-        match self.tx_id {
-            Some(id) => id.to_string(),
-            None => self.fallback_id.clone(),
+    fn new(
+        tx_id: Option<i64>,
+        fallback_id: String,
+        id_tag: Option<String>,
+        e: SessionEnergy,
+    ) -> Self {
+        Self {
+            tx_id,
+            fallback_id,
+            shown_id: None,
+            id_tag,
+            energy: e,
+            ended: false,
+            unplugged: false,
         }
+    }
+
+    /// The id to give the domain, fixed by the first one given.
+    fn session_id(&mut self) -> String {
+        let (tx_id, fallback) = (self.tx_id, &self.fallback_id);
+        self.shown_id
+            .get_or_insert_with(|| match tx_id {
+                Some(id) => id.to_string(),
+                None => fallback.clone(),
+            })
+            .clone()
     }
 }
 
@@ -67,16 +93,20 @@ struct Conn {
 }
 
 impl Conn {
-    fn telemetry(&self, ts: TsMs, status: ChargerStatus) -> Telemetry {
+    fn telemetry(&mut self, ts: TsMs, status: ChargerStatus) -> Telemetry {
         let tx = self
             .tx
-            .as_ref()
+            .as_mut()
             .filter(|t| status != ChargerStatus::Available && !t.unplugged);
+        let (session_id, id_tag) = match tx {
+            Some(t) => (Some(t.session_id()), t.id_tag.clone()),
+            None => (None, None),
+        };
         Telemetry {
             ts,
             status: Some(status),
-            session_id: tx.map(Tx::session_id),
-            id_tag: tx.and_then(|t| t.id_tag.clone()),
+            session_id,
+            id_tag,
             error_code: self.error_code.clone(),
             ..Default::default()
         }
@@ -98,8 +128,8 @@ impl Conn {
 #[derive(Debug, Default)]
 struct Station {
     clock: StationClock,
-    /// Per charger (connector): frames of one instant get distinct times (see [`MsgClock`]).
-    clocks: HashMap<String, MsgClock>,
+    /// Per charger (connector): frames of one instant get distinct times.
+    clocks: FrameClocks,
     boot: Option<BootInfo>,
     connectors: BTreeMap<u32, Conn>,
     pending_starts: VecDeque<(String, u32)>,
@@ -110,8 +140,8 @@ impl Station {
         self.clock.ts(explicit, recv_ms)
     }
 
-    fn saw(&mut self, ts: TsMs) {
-        self.clock.saw(ts);
+    fn saw(&mut self, ts: TsMs, recv_ms: TsMs) {
+        self.clock.saw(ts, recv_ms);
     }
 }
 
@@ -179,6 +209,34 @@ impl Reading {
     pub fn is_empty(&self) -> bool {
         *self == Reading::default()
     }
+
+    /// Adds the values of another entry of the same instant (its own win where both have one).
+    fn merge(&mut self, o: Reading) {
+        self.energy_wh = o.energy_wh.or(self.energy_wh);
+        self.power_kw = o.power_kw.or(self.power_kw);
+        self.soc_pct = o.soc_pct.or(self.soc_pct);
+        self.voltage_v = o.voltage_v.or(self.voltage_v);
+        self.current_a = o.current_a.or(self.current_a);
+        self.temperature_c = o.temperature_c.or(self.temperature_c);
+    }
+}
+
+/// `meterValue` entries of one instant as one reading, in the order the instants first
+/// appear: some stations put energy and power/SoC of the same time in separate entries, and
+/// the domain takes a second reading at the same time for a repeat and drops it.
+pub(crate) fn merge_instants(readings: Vec<(TsMs, Reading)>) -> Vec<(TsMs, Reading)> {
+    let mut out: Vec<(TsMs, Reading)> = Vec::with_capacity(readings.len());
+    let mut index: HashMap<TsMs, usize> = HashMap::with_capacity(readings.len());
+    for (ts, r) in readings {
+        match index.get(&ts).and_then(|&i| out.get_mut(i)) {
+            Some((_, held)) => held.merge(r),
+            None => {
+                index.insert(ts, out.len());
+                out.push((ts, r));
+            }
+        }
+    }
+    out
 }
 
 /// Values of one measurand: the phase-less total, and per-phase values.
@@ -214,6 +272,38 @@ impl PhaseAcc {
         self.total
             .or_else(|| self.phases.iter().copied().reduce(f64::max))
     }
+
+    fn is_empty(&self) -> bool {
+        self.total.is_none() && self.phases.is_empty()
+    }
+}
+
+/// Values of one measurand by `location`. The meter's values are at the outlet (the OCPP
+/// default when no location is given); some chargers add the inlet (grid side, with the
+/// charger's own losses) or report only that. The two are never added up nor mixed: the
+/// outlet's values, else the inlet's. EV, cable and body locations are not the meter's.
+#[derive(Default)]
+struct Located {
+    outlet: PhaseAcc,
+    inlet: PhaseAcc,
+}
+
+impl Located {
+    fn add(&mut self, location: Option<&str>, phase: Option<&str>, x: f64) {
+        match location {
+            None | Some("Outlet") => self.outlet.add(phase, x),
+            Some("Inlet") => self.inlet.add(phase, x),
+            Some(_) => {}
+        }
+    }
+
+    fn get(&self) -> &PhaseAcc {
+        if self.outlet.is_empty() {
+            &self.inlet
+        } else {
+            &self.outlet
+        }
+    }
 }
 
 /// How a sampled value's number is given: OCPP 1.6 strings with a `unit` name, or OCPP
@@ -229,11 +319,13 @@ pub(crate) fn read_samples(samples: &Value, dialect: Dialect) -> Result<Reading,
     let arr = samples
         .as_array()
         .ok_or_else(|| DecodeError::InvalidField("sampledValue".into()))?;
-    let mut energy = PhaseAcc::default();
-    let mut power = PhaseAcc::default();
-    let mut voltage = PhaseAcc::default();
-    let mut current = PhaseAcc::default();
+    let mut energy = Located::default();
+    let mut power = Located::default();
+    let mut voltage = Located::default();
+    let mut current = Located::default();
+    // The car's own SoC (location EV, or none given); another location's only without it.
     let mut soc = None;
+    let mut soc_elsewhere = None;
     let mut temp: Option<f64> = None;
     for s in arr {
         if !s.is_object() {
@@ -241,6 +333,7 @@ pub(crate) fn read_samples(samples: &Value, dialect: Dialect) -> Result<Reading,
         }
         let measurand = opt_str(s, "measurand")?.unwrap_or("Energy.Active.Import.Register");
         let phase = opt_str(s, "phase")?;
+        let location = opt_str(s, "location")?;
         let signed = opt_str(s, "format")? == Some("SignedData");
         let (raw, unit) = match dialect {
             Dialect::V16 => {
@@ -286,7 +379,7 @@ pub(crate) fn read_samples(samples: &Value, dialect: Dialect) -> Result<Reading,
                     Some("kWh") => raw * 1000.0,
                     Some(_) => return Err(DecodeError::InvalidField("unit".into())),
                 };
-                energy.add(phase, wh);
+                energy.add(location, phase, wh);
             }
             "Power.Active.Import" => {
                 let kw = match unit {
@@ -294,11 +387,14 @@ pub(crate) fn read_samples(samples: &Value, dialect: Dialect) -> Result<Reading,
                     Some("kW") => raw,
                     Some(_) => return Err(DecodeError::InvalidField("unit".into())),
                 };
-                power.add(phase, kw);
+                power.add(location, phase, kw);
             }
-            "SoC" => soc = Some(raw),
-            "Voltage" => voltage.add(phase, raw),
-            "Current.Import" => current.add(phase, raw),
+            "SoC" => match location {
+                None | Some("EV") => soc = Some(raw),
+                Some(_) => soc_elsewhere = Some(raw),
+            },
+            "Voltage" => voltage.add(location, phase, raw),
+            "Current.Import" => current.add(location, phase, raw),
             "Temperature" => {
                 let c = match unit {
                     None | Some("Celsius" | "Celcius" | "deg C") => raw,
@@ -314,11 +410,11 @@ pub(crate) fn read_samples(samples: &Value, dialect: Dialect) -> Result<Reading,
         }
     }
     Ok(Reading {
-        energy_wh: energy.sum(),
-        power_kw: power.sum(),
-        soc_pct: soc,
-        voltage_v: voltage.mean(),
-        current_a: current.max(),
+        energy_wh: energy.get().sum(),
+        power_kw: power.get().sum(),
+        soc_pct: soc.or(soc_elsewhere),
+        voltage_v: voltage.get().mean(),
+        current_a: current.get().max(),
         temperature_c: temp,
     })
 }
@@ -378,16 +474,7 @@ impl Adapter for Ocpp16j {
             }
             _ => Err(DecodeError::InvalidField("messageTypeId".into())),
         }?;
-        // Stations with second-resolution clocks send StatusNotification, StartTransaction
-        // and MeterValues within the same second; the frame itself tells a sibling from a
-        // redelivery (identical bytes).
-        let part = format!("{:08x}", crc32fast::hash(payload));
-        for input in out.iter_mut() {
-            if let Input::Telemetry { key, t } = input {
-                let clock = station.clocks.entry(key.charger.clone()).or_default();
-                t.ts = clock.stamped(t.ts, &part);
-            }
-        }
+        station.clocks.stamp(payload, &mut out, recv_ms);
         Ok(out)
     }
 }
@@ -476,7 +563,7 @@ fn status_notification(
         }
         out.push(Input::Telemetry { key, t });
     }
-    st.saw(ts);
+    st.saw(ts, recv_ms);
     Ok(out)
 }
 
@@ -501,14 +588,12 @@ fn start_transaction(
     let id_tag = opt_str(p, "idTag")?.map(String::from);
     let ts = st.ts(p.get("timestamp"), recv_ms)?;
     let c = st.connectors.entry(connector).or_default();
-    c.tx = Some(Tx {
-        tx_id: None,
-        fallback_id: format!("{}-{}", key.charger, ts),
-        id_tag: id_tag.clone(),
-        energy: SessionEnergy::starting_at(meter_start),
-        ended: false,
-        unplugged: false,
-    });
+    c.tx = Some(Tx::new(
+        None,
+        format!("{}-{}", key.charger, ts),
+        id_tag.clone(),
+        SessionEnergy::starting_at(meter_start),
+    ));
     let status = match c.status {
         Some(
             s @ (ChargerStatus::Preparing
@@ -531,7 +616,7 @@ fn start_transaction(
         st.pending_starts.pop_front();
     }
     st.pending_starts.push_back((uid.to_string(), connector));
-    st.saw(ts);
+    st.saw(ts, recv_ms);
     Ok(vec![Input::Telemetry {
         key,
         t: check_telemetry(t)?,
@@ -607,6 +692,7 @@ fn meter_values(
         let r = read_samples(mv.get("sampledValue").unwrap_or(&Value::Null), Dialect::V16)?;
         readings.push((ts, r));
     }
+    let readings = merge_instants(readings);
     if connector == 0 {
         // Station-wide meters (the grid connection) are not any one charger's.
         return Ok(vec![]);
@@ -619,14 +705,12 @@ fn meter_values(
             Some(tx) if tx.tx_id.is_none() && !tx.ended => tx.tx_id = Some(id),
             // A transaction whose start we missed (daemon started mid-session).
             _ => {
-                c.tx = Some(Tx {
-                    tx_id: Some(id),
-                    fallback_id: String::new(),
-                    id_tag: None,
-                    energy: SessionEnergy::default(),
-                    ended: false,
-                    unplugged: false,
-                })
+                c.tx = Some(Tx::new(
+                    Some(id),
+                    String::new(),
+                    None,
+                    SessionEnergy::default(),
+                ))
             }
         }
     }
@@ -663,7 +747,7 @@ fn meter_values(
         latest = Some(latest.map_or(ts, |l: TsMs| l.max(ts)));
     }
     if let Some(ts) = latest {
-        st.saw(ts);
+        st.saw(ts, recv_ms);
     }
     Ok(out)
 }
@@ -703,7 +787,7 @@ fn stop_transaction(
     });
     let Some(connector) = connector else {
         // Nothing to attach it to; the connector's StatusNotifications still tell the story.
-        st.saw(ts);
+        st.saw(ts, recv_ms);
         return Ok(vec![]);
     };
     let key = key_for(target, caps, connector)?;
@@ -714,7 +798,7 @@ fn stop_transaction(
     if unplugged && c.status != Some(ChargerStatus::Available) {
         // A late Stop of a car that left, while the next one is plugged in: reporting it
         // now would make the new session look finished.
-        st.saw(ts);
+        st.saw(ts, recv_ms);
         return Ok(vec![]);
     }
     let in_order = c.last_meter_ts.is_none_or(|l| ts >= l);
@@ -746,11 +830,11 @@ fn stop_transaction(
     t.session_kwh = session_wh.map(|wh| wh / 1000.0);
     if status == ChargerStatus::Available {
         // Stop after unplug: the final energy, attributed to the session it closes.
-        t.session_id = c.tx.as_ref().map(|tx| tx.session_id());
+        t.session_id = c.tx.as_mut().map(Tx::session_id);
     } else {
         t.power_kw = Some(0.0);
     }
-    st.saw(ts);
+    st.saw(ts, recv_ms);
     Ok(vec![Input::Telemetry {
         key,
         t: check_telemetry(t)?,

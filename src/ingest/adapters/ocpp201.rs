@@ -9,8 +9,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde_json::Value;
 
-use super::common::{check_telemetry, opt_str, parse_json, SessionEnergy, StationClock, Target};
-use super::ocpp16j::{read_samples, BootInfo, Dialect};
+use super::common::{
+    check_telemetry, opt_str, parse_json, FrameClocks, SessionEnergy, StationClock, Target,
+};
+use super::ocpp16j::{merge_instants, read_samples, BootInfo, Dialect};
 use super::template::Captures;
 use super::{Adapter, DecodeError};
 use crate::domain::input::{ChargerKey, ChargerStatus, Input, Telemetry, TsMs};
@@ -41,6 +43,8 @@ struct Evse {
 #[derive(Debug, Default)]
 struct Station {
     clock: StationClock,
+    /// Per charger (EVSE): frames of one instant get distinct times.
+    clocks: FrameClocks,
     boot: Option<BootInfo>,
     evses: BTreeMap<u32, Evse>,
 }
@@ -50,8 +54,8 @@ impl Station {
         self.clock.ts(explicit, recv_ms)
     }
 
-    fn saw(&mut self, ts: TsMs) {
-        self.clock.saw(ts);
+    fn saw(&mut self, ts: TsMs, recv_ms: TsMs) {
+        self.clock.saw(ts, recv_ms);
     }
 }
 
@@ -180,7 +184,7 @@ impl Adapter for Ocpp201 {
         }
         let target = &self.target;
         let st = self.stations.entry(skey).or_default();
-        match action {
+        let mut out = match action {
             "BootNotification" => {
                 let cs = p.get("chargingStation").unwrap_or(&Value::Null);
                 if cs.is_object() {
@@ -196,7 +200,9 @@ impl Adapter for Ocpp201 {
             "StatusNotification" => status_notification(target, st, caps, p, recv_ms),
             "TransactionEvent" => transaction_event(target, st, caps, p, recv_ms),
             _ => Ok(vec![]),
-        }
+        }?;
+        st.clocks.stamp(payload, &mut out, recv_ms);
+        Ok(out)
     }
 }
 
@@ -236,7 +242,7 @@ fn status_notification(
                 }
             }
         }
-        st.saw(ts);
+        st.saw(ts, recv_ms);
         return Ok(out);
     }
     let key = key_for(target, caps, evse_id, connector)?;
@@ -251,7 +257,7 @@ fn status_notification(
         e.tx = None;
     }
     out.push(Input::Telemetry { key, t });
-    st.saw(ts);
+    st.saw(ts, recv_ms);
     Ok(out)
 }
 
@@ -312,6 +318,7 @@ fn transaction_event(
         }
         Some(_) => return Err(DecodeError::InvalidField("meterValue".into())),
     }
+    let readings = merge_instants(readings);
     // Only the first event of a transaction must name its EVSE; later ones are found by id.
     let evse_id = match evse_id {
         Some(id) if id > 0 => id,
@@ -325,7 +332,7 @@ fn transaction_event(
             match found {
                 Some(id) => id,
                 None => {
-                    st.saw(ts);
+                    st.saw(ts, recv_ms);
                     return Ok(vec![]);
                 }
             }
@@ -415,6 +422,6 @@ fn transaction_event(
             e.tx = None;
         }
     }
-    st.saw(ts);
+    st.saw(ts, recv_ms);
     Ok(out)
 }

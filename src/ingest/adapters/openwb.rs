@@ -2,8 +2,9 @@
 //! fault_state, connected_vehicle/soc, voltages, currents}`, one value per topic.
 //!
 //! `imported` is the charge point's lifetime register (Wh); the session energy is counted
-//! from its value at plug-in, so it is unknown for a car already plugged in when the daemon
-//! started.
+//! from its value at a plug-in this adapter saw (`plug_state` false, then true), so it is
+//! unknown for a car already plugged in when the daemon started: the retained
+//! `plug_state` true of a restart is not a plug-in.
 
 use std::collections::HashMap;
 
@@ -139,7 +140,7 @@ impl Adapter for OpenWb {
             return Err(DecodeError::OutOfRange("chargers".into()));
         }
         let st = self.chargers.entry(skey).or_default();
-        let was_plugged = st.vals.state("plug") == Some(1.0);
+        let was_plugged = st.vals.state("plug");
         let mut changed = false;
         for (n, x) in updates {
             changed |= st.vals.set(n, x, ts);
@@ -150,12 +151,23 @@ impl Adapter for OpenWb {
         let plugged = st.vals.state("plug").map(|p| p == 1.0);
         let meter = st.vals.state("meter_kwh");
         match plugged {
-            Some(true) if !was_plugged => {
+            Some(true) if was_plugged == Some(0.0) => {
                 st.plug_meter_wh = meter.map(|m| m * 1000.0);
                 st.await_plug_meter = meter.is_none();
                 st.charged_since_plug = false;
             }
+            // Plugged in before we heard of it (a retained value after a restart): the
+            // register at plug-in is unknown, and the register now would restart the
+            // session's energy from zero.
+            Some(true) if was_plugged.is_none() => {
+                st.plug_meter_wh = None;
+                st.await_plug_meter = false;
+            }
             Some(false) => {
+                if was_plugged == Some(1.0) {
+                    // The car left: its SoC is not the next car's.
+                    st.vals.remove("soc_pct");
+                }
                 st.plug_meter_wh = None;
                 st.await_plug_meter = false;
                 st.charged_since_plug = false;

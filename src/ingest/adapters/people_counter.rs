@@ -83,7 +83,7 @@ impl Adapter for PeopleCounter {
         }
         let c = self.counters.entry(skey).or_default();
         let ts = match own_ts {
-            Some(ts) => c.clock.stamped(ts, "count"),
+            Some(ts) => c.clock.stamped(ts, "count", recv_ms),
             None => c.clock.received(recv_ms),
         };
         let mut r = LoungeReading {

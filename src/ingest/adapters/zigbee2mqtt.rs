@@ -98,7 +98,7 @@ impl Adapter for Zigbee2Mqtt {
         let clock = self.clocks.entry(skey).or_default();
         // `last_seen` is in the payload when Zigbee2MQTT is configured to add it.
         r.ts = match v.get("last_seen").and_then(parse_time_value) {
-            Some(ts) => clock.stamped(ts, "state"),
+            Some(ts) => clock.stamped(ts, "state", recv_ms),
             None => clock.received(recv_ms),
         };
         Ok(vec![Input::Lounge {
