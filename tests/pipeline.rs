@@ -454,3 +454,58 @@ async fn the_next_driver_never_gets_the_previous_guests_messages() {
     assert_eq!(completes.len(), 1, "{completes:?}");
     assert!(completes[0].contains("T-1842") && !completes[0].contains("T-2001"));
 }
+
+/// A card (`id_tag`) that comes seconds after the plug-in, in a batch of its own (OCPP:
+/// StatusNotification Preparing, then StartTransaction): the guest linked by that card is
+/// still told. The session opened without a card used to bind nobody by card for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_linked_by_card_is_told_when_the_card_comes_after_the_plug_in() {
+    let broker = Mosquitto::start();
+    let smtp = notify_harness::SmtpSink::start();
+    let hook = notify_harness::Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &notify_config(&broker, &smtp, &hook, ""));
+    link(
+        &d,
+        r#"{"site":"milano","id_tag":"04A2B9","channel":"webhook","address":"card-guest","lang":"en"}"#,
+    );
+    let c = MqttClient::connect(broker.port, "t-pub", &[]).await;
+    let (before, after) = dc_session(base_ts());
+    let mut msgs = before.iter().chain(after.iter());
+    // The plug-in, without a card; its session is on record before anything else comes.
+    c.publish(TOPIC, msgs.next().unwrap().clone()).await;
+    c.wait_acked().await;
+    wait_for_async("the session opened", Duration::from_secs(30), || async {
+        let v = d.get_json("/api/v1/chargers/milano/hpc-3")?;
+        v["session"]["session_id"].is_string().then_some(())
+    })
+    .await;
+    // Everything after it carries the card.
+    for m in msgs {
+        c.publish(
+            TOPIC,
+            m.replacen(r#""ts":"#, r#""id_tag":"04A2B9","ts":"#, 1),
+        )
+        .await;
+    }
+    c.wait_acked().await;
+    wait_for_async(
+        "the card guest's completion webhook",
+        Duration::from_secs(60),
+        || async {
+            hook.log()
+                .iter()
+                .any(|r| String::from_utf8_lossy(&r.body).contains("charging_complete"))
+                .then_some(())
+        },
+    )
+    .await;
+    let to_card: Vec<_> = hook
+        .log()
+        .into_iter()
+        .filter(|r| String::from_utf8_lossy(&r.body).contains("charging_complete"))
+        .collect();
+    assert_eq!(to_card.len(), 1);
+    let body: serde_json::Value = serde_json::from_slice(&to_card[0].body).unwrap();
+    assert_eq!(body["address"], "card-guest");
+}

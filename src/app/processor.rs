@@ -48,12 +48,15 @@ pub trait CommitHook: Send {
         session_key: Option<&str>,
         now_ms: i64,
     ) -> rusqlite::Result<()>;
-    /// A session record changed; `opened` on its first upsert, `closed` once it has ended.
+    /// A session record changed: `opened` on its first upsert; `tagged` when a session
+    /// opened before now has an `id_tag` it did not have (an OCPP StartTransaction seconds
+    /// after the plug-in).
     fn on_session(
         &mut self,
         tx: &rusqlite::Transaction<'_>,
         s: &SessionRecord,
         opened: bool,
+        tagged: bool,
         now_ms: i64,
     ) -> rusqlite::Result<()>;
     /// A session ended; called after its last events were recorded.
@@ -1440,10 +1443,12 @@ impl Processor {
             }
         }
         for (s, _) in p.sessions.values() {
-            let opened = !store::session_exists(&tx, &s.session_key)?;
+            let stored = store::stored_id_tag(&tx, &s.session_key)?;
+            let opened = stored.is_none();
+            let tagged = !opened && s.id_tag.is_some() && stored.flatten() != s.id_tag;
             store::upsert_session(&tx, s)?;
             if let Some(h) = self.hook.as_mut() {
-                h.on_session(&tx, s, opened, now_wall)?;
+                h.on_session(&tx, s, opened, tagged, now_wall)?;
             }
         }
         for (e, session_key) in &p.events {

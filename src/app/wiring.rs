@@ -105,6 +105,7 @@ impl CommitHook for NotifyHook {
         tx: &Transaction<'_>,
         s: &SessionRecord,
         opened: bool,
+        tagged: bool,
         now_ms: i64,
     ) -> rusqlite::Result<()> {
         if opened {
@@ -115,6 +116,16 @@ impl CommitHook for NotifyHook {
                 &s.charger,
                 &s.session_key,
                 s.id_tag.as_deref(),
+                now_ms,
+            )?;
+        } else if let Some(tag) = s.id_tag.as_deref().filter(|_| tagged) {
+            notify::on_session_tagged(
+                tx,
+                self.directory.as_ref(),
+                &s.site,
+                &s.charger,
+                &s.session_key,
+                tag,
                 now_ms,
             )?;
         }

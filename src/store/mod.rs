@@ -287,9 +287,15 @@ pub fn upsert_session(tx: &Transaction<'_>, s: &SessionRecord) -> rusqlite::Resu
     Ok(())
 }
 
-pub fn session_exists(tx: &Transaction<'_>, session_key: &str) -> rusqlite::Result<bool> {
-    tx.prepare_cached("SELECT 1 FROM sessions WHERE session_key = ?1")?
-        .exists([session_key])
+/// The stored record's `id_tag`: `None` when the session has no record yet.
+pub fn stored_id_tag(
+    tx: &Transaction<'_>,
+    session_key: &str,
+) -> rusqlite::Result<Option<Option<String>>> {
+    use rusqlite::OptionalExtension;
+    tx.prepare_cached("SELECT id_tag FROM sessions WHERE session_key = ?1")?
+        .query_row([session_key], |r| r.get(0))
+        .optional()
 }
 
 /// Records an event; `Some(seq)` when it is new, `None` when its `event_id` was already

@@ -384,9 +384,25 @@ pub fn on_session_opened(
             params![gid],
         )?;
     }
-    let Some(tag) = id_tag else {
-        return Ok(());
-    };
+    match id_tag {
+        Some(tag) => on_session_tagged(conn, directory, site, charger, session_key, tag, now_ms),
+        None => Ok(()),
+    }
+}
+
+/// The session's card (`id_tag`) is known: its guests linked by card and the directory's
+/// contacts for it are bound to the session. At the session's opening, or later when the
+/// card comes after the plug-in (an OCPP StartTransaction seconds after Preparing).
+/// Idempotent: a replay binds nobody twice.
+pub fn on_session_tagged(
+    conn: &Connection,
+    directory: Option<&Directory>,
+    site: &str,
+    charger: &str,
+    session_key: &str,
+    tag: &str,
+    now_ms: i64,
+) -> rusqlite::Result<()> {
     conn.execute(
         "INSERT OR IGNORE INTO guest_sessions (guest_id, session_key, bound_ms)
          SELECT guest_id, ?1, ?2 FROM guests
