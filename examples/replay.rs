@@ -41,6 +41,7 @@ fn stream(n: usize) -> Vec<Inbound> {
                 payload: m.payload.into(),
                 // Deterministic: the broker's hop is taken as 20 ms.
                 recv_ms: m.ts_ms + 20,
+                recv_mono_ms: m.ts_ms + 20,
                 ack: None,
                 redelivered: false,
             });

@@ -117,8 +117,9 @@ struct ChargerSlot {
     key: ChargerKey,
     meta: ChargerMeta,
     machine: ChargerMachine,
-    /// Wall clock (ms) when the last message for this charger was applied.
-    last_wall_ms: i64,
+    /// Monotonic clock (ms, [`crate::util::time::mono_ms`]) when the last message for this
+    /// charger was applied: its silence since is measured on it, never on the wall clock.
+    last_mono_ms: i64,
     /// The machine changed since its snapshot was last saved; `must_save`: it changed in a
     /// way that decides something (events, session changes), so it is saved in this batch.
     unsaved: bool,
@@ -149,6 +150,7 @@ impl ChargerSlot {
         meta: ChargerMeta,
         machine: ChargerMachine,
         now: i64,
+        now_mono: i64,
         fresh: bool,
     ) -> Self {
         let open = owned_ids(machine.open_session_ids());
@@ -157,7 +159,7 @@ impl ChargerSlot {
             key,
             meta,
             machine,
-            last_wall_ms: now,
+            last_mono_ms: now_mono,
             unsaved: fresh,
             must_save: fresh,
             saved_wall_ms: now,
@@ -547,6 +549,7 @@ impl Processor {
                     c.clone(),
                     ChargerMachine::new(c),
                     now,
+                    crate::util::time::mono_ms(),
                     false,
                 ));
             }
@@ -570,6 +573,7 @@ impl Processor {
     /// Resumes every saved machine (open sessions included) from the store.
     fn resume(&mut self) -> Result<(), StoreError> {
         let now = crate::util::time::now_ms();
+        let now_mono = crate::util::time::mono_ms();
         let mut resumed = 0usize;
         for (site, charger, json) in store::load_charger_states(&self.conn)? {
             let key = ChargerKey { site, charger };
@@ -577,7 +581,7 @@ impl Processor {
             match serde_json::from_str::<ChargerMachine>(&json) {
                 Ok(machine) => {
                     self.chargers
-                        .insert(ChargerSlot::new(key, meta, machine, now, false));
+                        .insert(ChargerSlot::new(key, meta, machine, now, now_mono, false));
                     resumed += 1;
                 }
                 Err(e) => {
@@ -831,7 +835,7 @@ impl Processor {
             self.handle(m, &mut pending);
         }
         let decided = started.elapsed();
-        let ticked_chargers = self.tick(now_wall, &mut pending);
+        let ticked_chargers = self.tick(crate::util::time::mono_ms(), &mut pending);
         self.release_held_back(now_wall, &mut pending);
         self.retry_states();
         let ticked = started.elapsed();
@@ -952,7 +956,7 @@ impl Processor {
                                     site: site.to_string(),
                                     charger: charger.to_string(),
                                 },
-                                m.recv_ms,
+                                m,
                             ),
                         };
                         self.telemetry(i, &d.value, m, p);
@@ -1050,7 +1054,7 @@ impl Processor {
     }
 
     /// The index of the charger's slot, registered on first sight.
-    fn charger_slot(&mut self, key: ChargerKey, now_wall: i64) -> usize {
+    fn charger_slot(&mut self, key: ChargerKey, m: &Inbound) -> usize {
         if let Some(i) = self.chargers.find(&key.site, &key.charger) {
             return i;
         }
@@ -1058,26 +1062,34 @@ impl Processor {
         tracing::info!(site = %key.site, charger = %key.charger, "unknown charger seen; auto-registered");
         metrics::counter!("evlounge_auto_registered_total", "kind" => "charger").increment(1);
         let machine = ChargerMachine::new(&meta);
-        self.chargers
-            .insert(ChargerSlot::new(key, meta, machine, now_wall, true))
+        self.chargers.insert(ChargerSlot::new(
+            key,
+            meta,
+            machine,
+            m.recv_ms,
+            m.recv_mono_ms,
+            true,
+        ))
     }
 
     fn apply(&mut self, input: Input, m: &Inbound, p: &mut Pending) {
         let recv_ms = m.recv_ms;
         match input {
             Input::Telemetry { key, t } => {
-                let i = self.charger_slot(key, recv_ms);
+                let i = self.charger_slot(key, m);
                 self.telemetry(i, &t, m, p);
             }
             Input::Availability { key, online, ts } => {
-                let i = self.charger_slot(key, recv_ms);
+                let i = self.charger_slot(key, m);
                 let slot = &mut self.chargers.slots[i];
                 // Availability carries no time of its own (`ts` is the receive time): place
                 // it on this charger's message clock, advanced by the wall time since its
                 // last message, so a replayed or simulated stream is not thrown into the
                 // present (which would look like a long silence).
                 let ts = match slot.machine.last_ts() {
-                    Some(last) if ts == recv_ms => last + (recv_ms - slot.last_wall_ms).max(0),
+                    Some(last) if ts == recv_ms => {
+                        last + (m.recv_mono_ms - slot.last_mono_ms).max(0)
+                    }
                     // A charger not heard from yet starts online: an `online` then says
                     // nothing, and placing it at the receive time would set its clock.
                     None if online => return,
@@ -1089,7 +1101,7 @@ impl Processor {
                 if !step.applied {
                     return;
                 }
-                slot.last_wall_ms = recv_ms;
+                slot.last_mono_ms = m.recv_mono_ms;
                 slot.unsaved = true;
                 slot.must_save = true;
                 slot.live_now = true;
@@ -1154,7 +1166,7 @@ impl Processor {
         let slot = &mut self.chargers.slots[i];
         let step = slot.machine.step(&slot.meta, ChargerInput::Telemetry(t));
         if step.applied {
-            slot.last_wall_ms = m.recv_ms;
+            slot.last_mono_ms = m.recv_mono_ms;
         } else {
             self.meters.out_of_order.increment(1);
         }
@@ -1217,7 +1229,7 @@ impl Processor {
 
     /// Steps the timers of this batch's share of the chargers (see [`tick_share`]); returns
     /// how many.
-    fn tick(&mut self, now_wall: i64, p: &mut Pending) -> usize {
+    fn tick(&mut self, now_mono: i64, p: &mut Pending) -> usize {
         let n = self.chargers.slots.len();
         let (share, accounted) = tick_share(n, self.last_tick.elapsed());
         self.last_tick += accounted;
@@ -1228,7 +1240,7 @@ impl Processor {
             let Some(last_ts) = slot.machine.last_ts() else {
                 continue;
             };
-            let now = last_ts + (now_wall - slot.last_wall_ms).max(0);
+            let now = last_ts + (now_mono - slot.last_mono_ms).max(0);
             let step = slot.machine.step(&slot.meta, ChargerInput::Tick { now });
             if !step.effects.is_empty() {
                 slot.unsaved = true;
@@ -1712,7 +1724,7 @@ mod tests {
                 site: site.into(),
                 charger: charger.into(),
             };
-            ChargerSlot::new(key, meta, machine, 0, true)
+            ChargerSlot::new(key, meta, machine, 0, 0, true)
         };
         let mut c = Chargers::default();
         // Keys whose concatenations are equal, and many more to make the table grow.
@@ -1886,6 +1898,7 @@ mod tests {
             .into_bytes()
             .into(),
             recv_ms: crate::util::time::now_ms(),
+            recv_mono_ms: crate::util::time::mono_ms(),
             ack: Some((publish, 0)),
             redelivered: false,
         }
@@ -1912,6 +1925,44 @@ mod tests {
             assert!(Instant::now() < deadline, "no {entry:?} in {log:?}");
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// A box without a battery-backed clock boots at its last shutdown time and NTP then
+    /// steps the wall clock hours ahead: that step is not silence. (Measured on the wall
+    /// clock, every charger went offline at once, and pending completion and idle timers
+    /// fired early: a false "your car is ready".)
+    #[test]
+    fn a_wall_clock_step_is_not_a_chargers_silence() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sink = Recorder::default();
+        let mut p = processor(dir.path(), &sink);
+        let t0 = crate::util::time::now_ms() - 60_000;
+        // Received an hour before now by the wall clock (which has stepped since), just
+        // now by the monotonic one.
+        let mut m = telemetry(t0, "charging", 50.0, 1);
+        m.recv_ms -= 3_600_000;
+        p.process(&mut [m]).expect("batch");
+        let offline_after = p.charger_meta(&ChargerKey {
+            site: "s1".into(),
+            charger: "c1".into(),
+        });
+        let offline_after = offline_after.thresholds.offline_after_ms;
+        let offline_at = |p: &mut Processor, mono: i64| {
+            let mut pending = Pending::default();
+            p.last_tick = Instant::now() - 2 * TICK; // a whole round: every charger
+            p.tick(mono, &mut pending);
+            pending
+                .events
+                .iter()
+                .any(|(e, _)| e.kind == crate::domain::event::EventKind::ChargerOffline)
+        };
+        let now = crate::util::time::mono_ms();
+        assert!(
+            !offline_at(&mut p, now),
+            "a wall clock step went for silence"
+        );
+        // Real silence (on the monotonic clock) still counts.
+        assert!(offline_at(&mut p, now + offline_after + 1_000));
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub struct Inbound {
     pub payload: bytes::Bytes,
     /// Wall-clock receive time, ms.
     pub recv_ms: i64,
+    /// Receive time on the monotonic clock ([`crate::util::time::mono_ms`]): what the time
+    /// since a charger's last message is measured with.
+    pub recv_mono_ms: i64,
     /// For QoS > 0: what to ack, and the connection epoch it arrived on.
     pub ack: Option<(Publish, u64)>,
     /// Sent before and not acked: the broker's DUP flag, or a batch the commit thread
@@ -288,6 +291,7 @@ impl Ingest {
                         topic: p.topic,
                         payload: p.payload,
                         recv_ms: crate::util::time::now_ms(),
+                        recv_mono_ms: crate::util::time::mono_ms(),
                         ack,
                         redelivered: p.dup,
                     };

@@ -24,6 +24,15 @@ pub fn now_ms() -> TsMs {
     Utc::now().timestamp_millis()
 }
 
+/// A monotonic clock in ms (from the first call in this process): for "how long since",
+/// which a wall clock stepped by NTP (a box without a battery-backed clock boots at its last
+/// shutdown time, then jumps hours ahead) would get wrong by the size of the step.
+pub fn mono_ms() -> i64 {
+    static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let origin = *ORIGIN.get_or_init(std::time::Instant::now);
+    i64::try_from(origin.elapsed().as_millis()).unwrap_or(i64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
