@@ -133,16 +133,21 @@ impl Session {
     /// `session_kwh`, else the meter delta, else integrated power. A counter that has only
     /// ever read zero is taken as not reported: an OCPP StartTransaction gives `session_kwh`
     /// 0, and a station configured for power and SoC only never reports energy again.
+    ///
+    /// Where both a session counter and the meter are known, the larger: a counter that stops
+    /// being reported (an adapter that cannot know it after a restart) must not hold the
+    /// session's energy at its last value while the meter goes on.
     fn energy_kwh(&self) -> f64 {
-        if let Some(k) = self.session_kwh.filter(|k| *k > 0.0) {
-            return k;
+        let meter = match (self.meter_start, self.meter_last) {
+            (Some(a), Some(b)) if b > a => Some(b - a),
+            _ => None,
+        };
+        match (self.session_kwh.filter(|k| *k > 0.0), meter) {
+            (Some(k), Some(m)) => k.max(m),
+            (Some(k), None) => k,
+            (None, Some(m)) => m,
+            (None, None) => self.integrated_kwh,
         }
-        if let (Some(a), Some(b)) = (self.meter_start, self.meter_last) {
-            if b > a {
-                return b - a;
-            }
-        }
-        self.integrated_kwh
     }
 
     /// Brings the derived record fields up to date before the record is published.
@@ -687,7 +692,9 @@ impl ChargerMachine {
         let Some(s) = self.session.as_mut() else {
             return;
         };
-        s.drawing = drawing_now;
+        // A stop right after `suspended_ev` is not "straight from real charging", whatever
+        // power that message still showed (CONTRACT §4: no suspended_ev before it).
+        s.drawing = drawing_now && status != Some(ChargerStatus::SuspendedEv);
         if s.real && s.terminal.is_none() && !s.nearly_sent {
             if let Some(eta) = eta.filter(|e| *e * 1000.0 < th.nearly_complete_eta_ms as f64) {
                 s.nearly_sent = true;
@@ -1163,6 +1170,18 @@ mod tests {
     }
 
     #[test]
+    fn finishing_right_after_suspended_ev_still_showing_power_is_complete() {
+        let mut sim = Sim::new(ChargerKind::Dc);
+        dc_start(&mut sim);
+        sim.charge_dc(250.0, 78.0); // within 5 points of the target: not short of it
+                                    // The meter sample of the suspended_ev message still reads 5 kW; finishing follows.
+        sim.send(10 * S, SuspendedEv, 5.0);
+        sim.send(5 * S, Finishing, 0.0);
+        assert_eq!(sim.count(ChargingStopped), 0);
+        assert_eq!(sim.count(ChargingComplete), 1);
+    }
+
+    #[test]
     fn a_session_counter_stuck_at_zero_falls_back_to_integrated_power() {
         let m = meta(ChargerKind::Ac);
         let mut mach = ChargerMachine::new(&m);
@@ -1173,6 +1192,33 @@ mod tests {
             // StartTransaction's 0 and a register that never moves (power and SoC only).
             t.session_kwh = (i == 0).then_some(0.0);
             t.meter_kwh = (i == 0).then_some(1000.0);
+            evs.extend(mach.step(&m, ChargerInput::Telemetry(&t)).effects);
+        }
+        let mut t = tm(T0 + 61 * MIN, Finishing);
+        t.power_kw = Some(0.0);
+        evs.extend(mach.step(&m, ChargerInput::Telemetry(&t)).effects);
+        let energy = evs
+            .iter()
+            .find_map(|e| match e {
+                Effect::Event(ev) if ev.kind == ChargingStopped => ev.energy_kwh,
+                _ => None,
+            })
+            .unwrap();
+        assert!((energy - 10.0).abs() < 1e-9, "{energy}");
+    }
+
+    /// openWB after a restart: the adapter no longer knows the session counter (None from
+    /// then on); the restored session had 5 kWh by it, and its meter goes on to 10 kWh.
+    #[test]
+    fn a_session_counter_no_longer_reported_does_not_hold_the_energy_back() {
+        let m = meta(ChargerKind::Ac);
+        let mut mach = ChargerMachine::new(&m);
+        let mut evs = Vec::new();
+        for i in 0..=60 {
+            let mut t = tm(T0 + i * MIN, if i == 0 { Preparing } else { Charging });
+            t.power_kw = Some(if i == 0 { 0.0 } else { 10.0 });
+            t.meter_kwh = Some(1000.0 + 10.0 * i as f64 / 60.0);
+            t.session_kwh = (i <= 30).then_some(10.0 * i as f64 / 60.0);
             evs.extend(mach.step(&m, ChargerInput::Telemetry(&t)).effects);
         }
         let mut t = tm(T0 + 61 * MIN, Finishing);
