@@ -239,7 +239,7 @@ pub async fn run_with(
         },
         metrics,
         notify: notify_cfg.clone(),
-        limiter: Arc::new(http::RateLimiter::new(20)),
+        limiter: Arc::new(http::RateLimiter::new(20, cfg.http.forwarded_for)),
     };
     println!("evlounge: listening on http://{addr}");
     tracing::info!(%addr, "http listening");

@@ -89,6 +89,9 @@ pub struct HttpConfig {
     pub staff_token: Option<Secret>,
     pub public_url: String,
     pub guest_channels: Vec<String>,
+    /// A reverse proxy on this host sets `X-Forwarded-For`: for a request from loopback,
+    /// the rate limits count its last entry as the client.
+    pub forwarded_for: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -774,6 +777,7 @@ impl Validator {
             staff_token,
             public_url,
             guest_channels,
+            forwarded_for: h.forwarded_for.unwrap_or(false),
         }
     }
 

@@ -54,6 +54,7 @@ pub struct RawHttp {
     pub staff_token_file: Option<String>,
     pub public_url: Option<String>,
     pub guest_channels: Option<Vec<String>>,
+    pub forwarded_for: Option<bool>,
     #[serde(flatten)]
     pub extra: Extra,
 }

@@ -102,11 +102,17 @@ async fn link(
         let conn = store::open_writer(&dir).map_err(|e| e.to_string())?;
         if public {
             if let Some(c) = &req.charger {
+                // Pending links count while they can still bind (the sweep that marks
+                // them expired runs only hourly). Not in the link's transaction: two
+                // requests at once may both pass at 9; the rate limit bounds that.
+                let cutoff =
+                    crate::util::time::now_ms() - notify::PENDING_LINK_TTL.as_millis() as i64;
                 let linked: i64 = conn
                     .query_row(
                         "SELECT COUNT(*) FROM guests WHERE site = ?1 AND charger = ?2
-                         AND state IN ('pending', 'bound') AND address IS NOT NULL",
-                        rusqlite::params![req.site, c],
+                         AND address IS NOT NULL
+                         AND (state = 'bound' OR state = 'pending' AND created_ms >= ?3)",
+                        rusqlite::params![req.site, c, cutoff],
                         |r| r.get(0),
                     )
                     .map_err(|e| e.to_string())?;

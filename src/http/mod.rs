@@ -41,22 +41,25 @@ pub struct AppState {
 /// A small token bucket per client address (public guest endpoints).
 pub struct RateLimiter {
     per_minute: u32,
+    /// `http.forwarded_for`: see [`client_ip`].
+    forwarded_for: bool,
     // Held only for a map lookup, never across an await.
     buckets:
         parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, (f64, std::time::Instant)>>,
 }
 
 impl RateLimiter {
-    pub fn new(per_minute: u32) -> Self {
+    pub fn new(per_minute: u32, forwarded_for: bool) -> Self {
         RateLimiter {
             per_minute,
+            forwarded_for,
             buckets: parking_lot::Mutex::new(std::collections::HashMap::new()),
         }
     }
 
     /// One request from `peer` (with its headers: see [`client_ip`]) may go on.
     pub fn allow_request(&self, peer: SocketAddr, headers: &HeaderMap) -> bool {
-        self.allow(client_ip(peer, headers))
+        self.allow(client_ip(peer, self.forwarded_for, headers))
     }
 
     pub fn allow(&self, ip: std::net::IpAddr) -> bool {
@@ -84,13 +87,20 @@ impl RateLimiter {
 }
 
 /// The client a rate limit applies to. Behind a reverse proxy on this host every request
-/// comes from loopback: there the proxy's `X-Forwarded-For` names the client (its last
-/// entry, the address the proxy itself saw; earlier entries are the client's to make up).
-/// IPv6 clients count per /64, the block one subscriber usually holds.
-pub fn client_ip(peer: SocketAddr, headers: &HeaderMap) -> std::net::IpAddr {
+/// comes from loopback: with `forwarded_for` (`http.forwarded_for`, set when that proxy
+/// sets the header), the proxy's `X-Forwarded-For` names the client there (its last entry,
+/// the address the proxy itself saw; earlier entries are the client's to make up). Off,
+/// the header is ignored: a proxy that passes the client's own header on, or any local
+/// process, could otherwise pick a fresh bucket per request. IPv6 clients count per /64,
+/// the block one subscriber usually holds; IPv4-mapped addresses as their IPv4 address.
+pub fn client_ip(peer: SocketAddr, forwarded_for: bool, headers: &HeaderMap) -> std::net::IpAddr {
     use std::net::IpAddr;
-    let mut ip = peer.ip();
-    if ip.is_loopback() {
+    let unmapped = |ip: IpAddr| match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    let mut ip = unmapped(peer.ip());
+    if forwarded_for && ip.is_loopback() {
         let forwarded = headers
             .get_all("x-forwarded-for")
             .iter()
@@ -99,17 +109,14 @@ pub fn client_ip(peer: SocketAddr, headers: &HeaderMap) -> std::net::IpAddr {
             .last()
             .and_then(|a| a.trim().parse::<IpAddr>().ok());
         if let Some(f) = forwarded {
-            ip = f;
+            ip = unmapped(f);
         }
     }
     match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
         v4 => v4,
     }
 }
@@ -189,38 +196,55 @@ mod tests {
     fn behind_a_local_proxy_the_client_is_the_proxys_last_forwarded_entry() {
         let local: SocketAddr = "127.0.0.1:40000".parse().unwrap();
         let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
-        assert_eq!(client_ip(local, &headers(&[])), ip("127.0.0.1"));
+        assert_eq!(client_ip(local, true, &headers(&[])), ip("127.0.0.1"));
         assert_eq!(
-            client_ip(local, &headers(&["203.0.113.7"])),
+            client_ip(local, true, &headers(&["203.0.113.7"])),
             ip("203.0.113.7")
         );
         // A client's own header comes first; the proxy appends what it saw.
         assert_eq!(
-            client_ip(local, &headers(&["10.9.9.9, 203.0.113.7"])),
+            client_ip(local, true, &headers(&["10.9.9.9, 203.0.113.7"])),
             ip("203.0.113.7")
         );
         assert_eq!(
-            client_ip(local, &headers(&["10.9.9.9", "203.0.113.8"])),
+            client_ip(local, true, &headers(&["10.9.9.9", "203.0.113.8"])),
             ip("203.0.113.8")
         );
-        assert_eq!(client_ip(local, &headers(&["garbage"])), ip("127.0.0.1"));
+        assert_eq!(
+            client_ip(local, true, &headers(&["garbage"])),
+            ip("127.0.0.1")
+        );
         // A direct client cannot pick its own bucket.
         let remote: SocketAddr = "198.51.100.4:5555".parse().unwrap();
         assert_eq!(
-            client_ip(remote, &headers(&["203.0.113.7"])),
+            client_ip(remote, true, &headers(&["203.0.113.7"])),
             ip("198.51.100.4")
         );
         // IPv6: one bucket per /64; v4-mapped addresses are their IPv4 address.
         let a: SocketAddr = "[2001:db8:1:2:aaaa::1]:1".parse().unwrap();
         let b: SocketAddr = "[2001:db8:1:2:bbbb::2]:1".parse().unwrap();
-        assert_eq!(client_ip(a, &headers(&[])), client_ip(b, &headers(&[])));
+        assert_eq!(
+            client_ip(a, true, &headers(&[])),
+            client_ip(b, true, &headers(&[]))
+        );
         let m: SocketAddr = "[::ffff:198.51.100.4]:1".parse().unwrap();
-        assert_eq!(client_ip(m, &headers(&[])), ip("198.51.100.4"));
+        assert_eq!(client_ip(m, true, &headers(&[])), ip("198.51.100.4"));
+        // A dual-stack listener sees its local proxy as ::ffff:127.0.0.1.
+        let mapped_local: SocketAddr = "[::ffff:127.0.0.1]:40000".parse().unwrap();
+        assert_eq!(
+            client_ip(mapped_local, true, &headers(&["203.0.113.9"])),
+            ip("203.0.113.9")
+        );
+        // Without `http.forwarded_for` the header is nobody's word: the peer counts.
+        assert_eq!(
+            client_ip(local, false, &headers(&["203.0.113.7"])),
+            ip("127.0.0.1")
+        );
     }
 
     #[test]
     fn the_limiter_allows_a_minutes_worth_per_client_and_no_more() {
-        let l = RateLimiter::new(3);
+        let l = RateLimiter::new(3, true);
         let local: SocketAddr = "127.0.0.1:40000".parse().unwrap();
         let (a, b) = (headers(&["203.0.113.1"]), headers(&["203.0.113.2"]));
         for _ in 0..3 {
