@@ -1446,3 +1446,28 @@ fn ocpp16j_meter_values_sharing_a_timestamp_are_merged() {
     );
     assert_eq!((out[1].ts, out[1].soc_pct), (T0 + 90_000, Some(56.0)));
 }
+
+/// One MeterValues stamped years ahead (a station clock gone wrong for a frame) used to
+/// become the connector's latest meter time: every later reading was "out of order", so the
+/// session's energy was only peeked at, never advanced (a register rounded below
+/// meterStart then read as no energy at all).
+#[test]
+fn ocpp16j_one_reading_from_the_future_does_not_freeze_the_session_energy() {
+    let mut s = Src::ocpp16();
+    let topic = "ocpp/CP/in";
+    start(&mut s, "CP", 1, 1_000_000, 9, "2026-11-24T10:00:00Z");
+    let wh = |ts: &str, v: &str| {
+        meter(
+            1,
+            Some(9),
+            ts,
+            json!([{"measurand": "Energy.Active.Import.Register", "unit": "kWh", "value": v}]),
+        )
+    };
+    // Received as they were sent (T0 is 10:00), but for the one from 2036.
+    let _ = one(s.json(topic, wh("2036-01-01T00:00:00Z", "1000.0"), T0 + 60_000));
+    let b = one(s.json(topic, wh("2026-11-24T10:02:00Z", "999.9"), T0 + 120_000));
+    assert_eq!(b.session_kwh, Some(0.0), "rounded below meterStart: noise");
+    let c = one(s.json(topic, wh("2026-11-24T10:03:00Z", "1001.0"), T0 + 180_000));
+    assert_eq!(c.session_kwh, Some(1.0));
+}

@@ -23,6 +23,7 @@ use super::common::{
 use super::template::Captures;
 use super::{Adapter, DecodeError};
 use crate::domain::input::{ChargerKey, ChargerStatus, Input, Telemetry, TsMs};
+use crate::ingest::decode::clamp_future;
 
 /// Connector ids above this are garbage, not hardware; the bound also caps state per station.
 const MAX_CONNECTOR: u64 = 255;
@@ -723,14 +724,17 @@ fn meter_values(
         if r.is_empty() {
             continue;
         }
-        let in_order = c.last_meter_ts.is_none_or(|l| ts >= l);
+        // A station clock gone years ahead for one frame must not put every later reading
+        // "out of order" (the processor replaces such a time by the receive time too).
+        let order_ts = clamp_future(ts, recv_ms).0;
+        let in_order = c.last_meter_ts.is_none_or(|l| order_ts >= l);
         let session_wh = match (c.tx.as_mut(), r.energy_wh) {
             (Some(tx), Some(wh)) if in_order && !tx.ended => tx.energy.advance(wh),
             (Some(tx), Some(wh)) if !tx.ended || names_tx => tx.energy.peek(wh),
             _ => None,
         };
         if in_order {
-            c.last_meter_ts = Some(ts);
+            c.last_meter_ts = Some(order_ts);
         }
         let mut t = c.telemetry(ts, c.current_status(r.power_kw));
         t.power_kw = r.power_kw;
@@ -801,7 +805,8 @@ fn stop_transaction(
         st.saw(ts, recv_ms);
         return Ok(vec![]);
     }
-    let in_order = c.last_meter_ts.is_none_or(|l| ts >= l);
+    let order_ts = clamp_future(ts, recv_ms).0;
+    let in_order = c.last_meter_ts.is_none_or(|l| order_ts >= l);
     let session_wh = match c.tx.as_mut() {
         Some(tx) => {
             tx.tx_id = Some(tx_id);
@@ -823,7 +828,7 @@ fn stop_transaction(
     };
     c.status = Some(status);
     if in_order {
-        c.last_meter_ts = Some(ts);
+        c.last_meter_ts = Some(order_ts);
     }
     let mut t = c.telemetry(ts, status);
     t.meter_kwh = Some(meter_stop / 1000.0);

@@ -16,6 +16,7 @@ use super::ocpp16j::{merge_instants, read_samples, BootInfo, Dialect};
 use super::template::Captures;
 use super::{Adapter, DecodeError};
 use crate::domain::input::{ChargerKey, ChargerStatus, Input, Telemetry, TsMs};
+use crate::ingest::decode::clamp_future;
 
 const MAX_EVSE: u64 = 255;
 const MAX_STATIONS: usize = 10_000;
@@ -387,7 +388,9 @@ fn transaction_event(
         });
     }
     for (mts, r) in readings {
-        let in_order = e.last_meter_ts.is_none_or(|l| mts >= l);
+        // As in OCPP 1.6: a time years ahead would leave every later reading out of order.
+        let order_ts = clamp_future(mts, recv_ms).0;
+        let in_order = e.last_meter_ts.is_none_or(|l| order_ts >= l);
         let session_wh = match (e.tx.as_mut(), r.energy_wh) {
             (Some(tx), Some(wh)) if in_order && !tx.ended => {
                 if tx.started_seen && tx.energy.start_wh.is_none() {
@@ -399,7 +402,7 @@ fn transaction_event(
             _ => None,
         };
         if in_order {
-            e.last_meter_ts = Some(mts);
+            e.last_meter_ts = Some(order_ts);
         }
         let mut t = e.telemetry(mts, status);
         t.power_kw = r.power_kw.or(ended.then_some(0.0));
