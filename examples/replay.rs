@@ -41,7 +41,9 @@ fn stream(n: usize) -> Vec<Inbound> {
                 payload: m.payload.into(),
                 // Deterministic: the broker's hop is taken as 20 ms.
                 recv_ms: m.ts_ms + 20,
-                recv_mono_ms: m.ts_ms + 20,
+                // All received now: the silences the processor's ticks see are the real
+                // time the replay takes.
+                recv_mono_ms: evlounge::util::time::mono_ms(),
                 ack: None,
                 redelivered: false,
             });
