@@ -609,6 +609,102 @@ async fn retention_sweep_removes_guest_addresses() {
     }
 }
 
+/// Guest rows rewritten longer (bound → expired with its end time) move within their page.
+/// The commit thread's connection did not zero what it freed, so after the retention sweep
+/// deleted the rows, their old copies (address, name) were still in the file.
+#[tokio::test]
+async fn retention_leaves_no_copy_of_rewritten_guest_rows() {
+    let r = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // The daemon's own connection settings (the commit thread's).
+    let conn = evlounge::store::open(dir.path()).unwrap();
+    let db = db_in(&dir);
+    let cfg = webhook_cfg(&r);
+    let old_ms = now_ms() - 40 * 24 * 3_600_000;
+    let n = 60;
+    for i in 0..n {
+        let req = LinkRequest {
+            site: "milano".into(),
+            charger: Some("hpc-3".into()),
+            id_tag: None,
+            channel: Channel::Webhook,
+            address: Redacted::new(format!("guest-address-{i:03}")),
+            lang: Lang::It,
+            name: Some(Redacted::new(format!("Guest Name {i:03}"))),
+            events: None,
+        };
+        link_guest(&conn, &req, &cfg, Some(&format!("S{i}")), old_ms + i).unwrap();
+    }
+    // Sessions end in another order than they began; each end rewrites its guest longer.
+    for i in (0..n).rev() {
+        on_session_closed(&conn, &format!("S{i}"), old_ms + 1_000 + i).unwrap();
+    }
+    let w = Worker::start(&cfg, &db, None);
+    let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+    wait_until("old guests deleted", || {
+        count("SELECT COUNT(*) FROM guests") == 0
+    })
+    .await;
+    w.stop().await;
+    conn.pragma_update(None, "wal_checkpoint", "TRUNCATE")
+        .unwrap();
+    let mut bytes = std::fs::read(&db).unwrap();
+    if let Ok(wal) = std::fs::read(dir.path().join("evlounge.db-wal")) {
+        bytes.extend(wal);
+    }
+    let left: Vec<String> = (0..n)
+        .flat_map(|i| {
+            [
+                format!("guest-address-{i:03}"),
+                format!("Guest Name {i:03}"),
+            ]
+        })
+        .filter(|needle| bytes.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        .collect();
+    assert!(left.is_empty(), "still in the database file: {left:?}");
+}
+
+/// A short retention (here 2 h) must not delete a guest still waiting for their car: a
+/// link bound to an open session counts from its creation plus a week, not from its
+/// creation alone.
+#[tokio::test]
+async fn retention_keeps_a_guest_whose_session_is_still_open() {
+    let r = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // The notify tables alone: a link binds to the session the caller names.
+    let conn = open_store(&db_in(&dir));
+    let mut cfg = webhook_cfg(&r);
+    cfg.retention = Duration::from_secs(2 * 3600);
+    let now = now_ms();
+    let h = 3_600_000;
+    let guest = |addr: &str, session: &str, at: i64| {
+        let req = LinkRequest {
+            site: "milano".into(),
+            charger: Some("hpc-3".into()),
+            id_tag: None,
+            channel: Channel::Webhook,
+            address: Redacted::new(addr.into()),
+            lang: Lang::En,
+            name: None,
+            events: None,
+        };
+        link_guest(&conn, &req, &cfg, Some(session), at).unwrap()
+    };
+    let waiting = guest("still-charging", "OPEN", now - 3 * h);
+    let done = guest("long-gone", "ENDED", now - 4 * h);
+    on_session_closed(&conn, "ENDED", now - 3 * h).unwrap();
+    let stuck = guest("never-unplugged", "STUCK", now - 8 * 24 * h);
+    let n = evlounge::outputs::notify::retention_sweep(&conn, &cfg, now).unwrap();
+    assert_eq!(n, 2);
+    let exists = |t: &str| evlounge::outputs::notify::link_exists(&conn, t).unwrap();
+    assert!(exists(&waiting.token), "the open session's guest stays");
+    assert!(!exists(&done.token));
+    assert!(
+        !exists(&stuck.token),
+        "a session that never ended keeps it a week at most"
+    );
+}
+
 /// The MQTT channel through the worker. The publisher stands in for the daemon's client
 /// (the lead's code); it refuses the first publish, as a client does while disconnected.
 #[tokio::test]

@@ -85,6 +85,10 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     // batches that decide nothing (see `FULL_SYNC_EVERY` in `app::processor`).
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // What any writer frees is zeroed: a guest row rewritten longer (bound → expired) moves
+    // within its page, and the old copy with the contact would otherwise outlive the
+    // retention sweep's delete in free space.
+    conn.pragma_update(None, "secure_delete", "ON")?;
     no_auto_checkpoint(conn)?;
     wait_briefly_when_busy(conn)?;
     Ok(())

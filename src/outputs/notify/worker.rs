@@ -135,7 +135,18 @@ pub async fn run_worker(
             let s = shared.clone();
             match db(&shared, move |c| retention_sweep(c, &s.cfg, now_ms())).await {
                 Ok(n) if n > 0 => {
-                    tracing::info!(guests = n, "notify: retention sweep deleted guest contacts")
+                    tracing::info!(guests = n, "notify: retention sweep deleted guest contacts");
+                    // The log may still hold pages from before the delete: copy it into the
+                    // database and cut it to nothing (best effort; the next sweep tries again).
+                    let truncated = db(&shared, |c| {
+                        c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                            r.get::<_, i64>(0)
+                        })
+                    })
+                    .await;
+                    if !matches!(truncated, Ok(0)) {
+                        tracing::debug!(?truncated, "notify: log not truncated after the sweep");
+                    }
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "notify: retention sweep failed"),
@@ -632,9 +643,15 @@ async fn report(shared: &Arc<Shared>, f: &Finished) {
     tracing::warn!(why, "notify: notification point dropped");
 }
 
-/// Deletes guest contacts older than the retention (counted from the link's end, or its
-/// creation while it is open), the outbox rows and attempts of that age, and lapses charger
+/// Deletes guest contacts older than the retention (counted from the link's end; for a
+/// link still bound to an open session, from its creation plus [`OPEN_SESSION_GRACE`], so a
+/// short retention does not take a guest's "your car is ready" away mid-session; for a card
+/// link, from its creation), the outbox rows and attempts of that age, and lapses charger
 /// links that waited too long for a session. Returns the number of guests deleted.
+/// How long past the retention a link bound to a session that never ended (a charger that
+/// never reported the unplug) keeps its contact.
+pub const OPEN_SESSION_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
+
 pub fn retention_sweep(conn: &Connection, cfg: &NotifyConfig, now: i64) -> rusqlite::Result<usize> {
     let cutoff = now - cfg.retention.as_millis() as i64;
     let tx = crate::store::write_tx(conn)?;
@@ -647,9 +664,15 @@ pub fn retention_sweep(conn: &Connection, cfg: &NotifyConfig, now: i64) -> rusql
         ],
     )?;
     let old: Vec<String> = {
-        let mut st =
-            tx.prepare("SELECT guest_id FROM guests WHERE COALESCE(ended_ms, created_ms) < ?1")?;
-        let rows = st.query_map(params![cutoff], |r| r.get(0))?;
+        let mut st = tx.prepare(
+            "SELECT guest_id FROM guests WHERE
+               CASE WHEN state = 'bound' AND ended_ms IS NULL THEN created_ms + ?2
+                    ELSE COALESCE(ended_ms, created_ms) END < ?1",
+        )?;
+        let rows = st.query_map(
+            params![cutoff, OPEN_SESSION_GRACE.as_millis() as i64],
+            |r| r.get(0),
+        )?;
         rows.collect::<rusqlite::Result<_>>()?
     };
     for gid in &old {
