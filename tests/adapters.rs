@@ -1471,3 +1471,31 @@ fn ocpp16j_one_reading_from_the_future_does_not_freeze_the_session_energy() {
     let c = one(s.json(topic, wh("2026-11-24T10:03:00Z", "1001.0"), T0 + 180_000));
     assert_eq!(c.session_kwh, Some(1.0));
 }
+
+/// A line counter with a one-second clock, two crossings in that second: both count. (The
+/// second reading kept the first's time, the zone took it for a repeat and dropped it, and
+/// the adapter had already moved its baseline: the crossing was lost for good.)
+#[test]
+fn people_counter_two_crossings_in_one_second_are_two_readings() {
+    let mut s = Src::new(
+        "format = \"people_counter\"\ntopic = \"pc/{device}\"\nsite = \"s\"\nzone = \"z\"",
+    );
+    let at = "2026-11-24T10:00:05Z";
+    let mut send = |n: u32| {
+        s.json("pc/door", json!({"time": at, "in": n, "out": 100}), LATER)
+            .unwrap()
+    };
+    let reading = |out: Vec<Input>| match &out[..] {
+        [Input::Lounge { r, .. }] => r.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert!(send(120).is_empty(), "the first counts set the baseline");
+    let a = reading(send(121));
+    let b = reading(send(122));
+    assert!(a.ts < b.ts, "{} {}", a.ts, b.ts);
+    assert_eq!((a.entered, b.entered), (Some(1), Some(1)));
+    // The same bytes again (a redelivery): not after the last reading (the zone drops it
+    // as a repeat), and nothing new in it.
+    let again = reading(send(122));
+    assert!(again.ts <= b.ts && again.entered == Some(0), "{again:?}");
+}

@@ -83,7 +83,11 @@ impl Adapter for PeopleCounter {
         }
         let c = self.counters.entry(skey).or_default();
         let ts = match own_ts {
-            Some(ts) => c.clock.stamped(ts, "count", recv_ms),
+            // Two crossings within the device clock's second are two readings (their
+            // counts differ); the same bytes again are a redelivery and keep their time.
+            Some(ts) => c
+                .clock
+                .stamped(ts, &format!("{:08x}", crc32fast::hash(payload)), recv_ms),
             None => c.clock.received(recv_ms),
         };
         let mut r = LoungeReading {
