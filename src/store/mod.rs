@@ -23,7 +23,8 @@ pub enum StoreError {
 }
 
 /// The schema, in order. `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sessions (
     session_key TEXT PRIMARY KEY,
@@ -72,7 +73,14 @@ CREATE TABLE IF NOT EXISTS zone_state (
     state TEXT NOT NULL,
     PRIMARY KEY (site, zone)
 );
-"#];
+"#,
+    r#"
+-- Statistics over a time range on a store that is never pruned: sessions that overlap it
+-- (ended after its start, or still open) and events within it.
+CREATE INDEX IF NOT EXISTS sessions_by_ended ON sessions(ended);
+CREATE INDEX IF NOT EXISTS events_by_ts ON events(ts);
+"#,
+];
 
 pub fn db_path(data_dir: &Path) -> PathBuf {
     data_dir.join("evlounge.db")
@@ -502,6 +510,29 @@ impl Drop for WriteTx<'_> {
 mod tests {
     use super::*;
     use crate::domain::event::{event_id, EventKind};
+
+    /// The statistics queries read the range they are asked for, not the whole history.
+    #[test]
+    fn range_queries_use_an_index_not_a_scan_of_the_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open(dir.path()).unwrap();
+        let plan = |sql: &str| -> String {
+            let mut st = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let rows = st.query_map([], |r| r.get::<_, String>(3)).unwrap();
+            rows.map(|r| r.unwrap()).collect::<Vec<_>>().join("; ")
+        };
+        for by_site in [false, true] {
+            let sessions = plan(&queries::sessions_overlapping_sql(by_site).replace('?', "1"));
+            assert!(sessions.contains("sessions_by_ended"), "{sessions}");
+            assert!(!sessions.contains("SCAN sessions"), "{sessions}");
+            assert!(!sessions.contains("sessions_by_charger"), "{sessions}");
+        }
+        let events = plan(
+            "SELECT site, subject, kind, COUNT(*) FROM events WHERE ts >= 1 AND ts < 2
+             GROUP BY site, subject, kind",
+        );
+        assert!(events.contains("events_by_ts"), "{events}");
+    }
 
     #[test]
     fn event_insert_is_idempotent_by_event_id() {
