@@ -201,6 +201,21 @@ async fn charge_once(c: &MqttClient) {
     c.wait_acked().await;
 }
 
+/// Waits (60 s at most) until the receiver has had a webhook whose body contains `needle`.
+async fn webhook_containing(hook: &notify_harness::Receiver, needle: &str) {
+    wait_for_async(
+        &format!("a webhook with {needle}"),
+        Duration::from_secs(60),
+        || async {
+            hook.log()
+                .iter()
+                .any(|r| String::from_utf8_lossy(&r.body).contains(needle))
+                .then_some(())
+        },
+    )
+    .await;
+}
+
 fn link(d: &Daemon, body: &str) -> String {
     let (code, resp) = http_request(
         "POST",
@@ -245,17 +260,7 @@ async fn a_linked_guest_is_told_once_in_their_language_on_each_channel() {
         (n >= 2).then_some(())
     })
     .await;
-    wait_for_async(
-        "one completion webhook",
-        Duration::from_secs(30),
-        || async {
-            hook.log()
-                .iter()
-                .any(|r| String::from_utf8_lossy(&r.body).contains("charging_complete"))
-                .then_some(())
-        },
-    )
-    .await;
+    webhook_containing(&hook, "charging_complete").await;
     // Quiet period: absence of a second delivery can only be seen over time.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let mails: Vec<_> = smtp
@@ -437,13 +442,7 @@ async fn the_next_driver_never_gets_the_previous_guests_messages() {
         (list.len() == 2 && list.iter().all(|s| !s["ended"].is_null())).then_some(())
     })
     .await;
-    wait_for_async("first guest told", Duration::from_secs(30), || async {
-        hook.log()
-            .iter()
-            .any(|r| String::from_utf8_lossy(&r.body).contains("charging_complete"))
-            .then_some(())
-    })
-    .await;
+    webhook_containing(&hook, "charging_complete").await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let completes: Vec<String> = hook
         .log()
@@ -489,17 +488,7 @@ async fn a_guest_linked_by_card_is_told_when_the_card_comes_after_the_plug_in() 
         .await;
     }
     c.wait_acked().await;
-    wait_for_async(
-        "the card guest's completion webhook",
-        Duration::from_secs(60),
-        || async {
-            hook.log()
-                .iter()
-                .any(|r| String::from_utf8_lossy(&r.body).contains("charging_complete"))
-                .then_some(())
-        },
-    )
-    .await;
+    webhook_containing(&hook, "charging_complete").await;
     let to_card: Vec<_> = hook
         .log()
         .into_iter()

@@ -1181,29 +1181,36 @@ mod tests {
         assert_eq!(sim.count(ChargingComplete), 1);
     }
 
-    #[test]
-    fn a_session_counter_stuck_at_zero_falls_back_to_integrated_power() {
+    /// An hour of AC charging at 10 kW (one reading a minute, `counters` sets each one's
+    /// energy counters), then finishing: the energy its `charging_stopped` reports.
+    fn energy_of_an_ac_hour(counters: impl Fn(i64, &mut Telemetry)) -> f64 {
         let m = meta(ChargerKind::Ac);
         let mut mach = ChargerMachine::new(&m);
         let mut evs = Vec::new();
         for i in 0..=60 {
             let mut t = tm(T0 + i * MIN, if i == 0 { Preparing } else { Charging });
             t.power_kw = Some(if i == 0 { 0.0 } else { 10.0 });
-            // StartTransaction's 0 and a register that never moves (power and SoC only).
-            t.session_kwh = (i == 0).then_some(0.0);
-            t.meter_kwh = (i == 0).then_some(1000.0);
+            counters(i, &mut t);
             evs.extend(mach.step(&m, ChargerInput::Telemetry(&t)).effects);
         }
         let mut t = tm(T0 + 61 * MIN, Finishing);
         t.power_kw = Some(0.0);
         evs.extend(mach.step(&m, ChargerInput::Telemetry(&t)).effects);
-        let energy = evs
-            .iter()
+        evs.iter()
             .find_map(|e| match e {
                 Effect::Event(ev) if ev.kind == ChargingStopped => ev.energy_kwh,
                 _ => None,
             })
-            .unwrap();
+            .expect("charging_stopped with its energy")
+    }
+
+    #[test]
+    fn a_session_counter_stuck_at_zero_falls_back_to_integrated_power() {
+        // StartTransaction's 0 and a register that never moves (power and SoC only).
+        let energy = energy_of_an_ac_hour(|i, t| {
+            t.session_kwh = (i == 0).then_some(0.0);
+            t.meter_kwh = (i == 0).then_some(1000.0);
+        });
         assert!((energy - 10.0).abs() < 1e-9, "{energy}");
     }
 
@@ -1211,26 +1218,10 @@ mod tests {
     /// then on); the restored session had 5 kWh by it, and its meter goes on to 10 kWh.
     #[test]
     fn a_session_counter_no_longer_reported_does_not_hold_the_energy_back() {
-        let m = meta(ChargerKind::Ac);
-        let mut mach = ChargerMachine::new(&m);
-        let mut evs = Vec::new();
-        for i in 0..=60 {
-            let mut t = tm(T0 + i * MIN, if i == 0 { Preparing } else { Charging });
-            t.power_kw = Some(if i == 0 { 0.0 } else { 10.0 });
+        let energy = energy_of_an_ac_hour(|i, t| {
             t.meter_kwh = Some(1000.0 + 10.0 * i as f64 / 60.0);
             t.session_kwh = (i <= 30).then_some(10.0 * i as f64 / 60.0);
-            evs.extend(mach.step(&m, ChargerInput::Telemetry(&t)).effects);
-        }
-        let mut t = tm(T0 + 61 * MIN, Finishing);
-        t.power_kw = Some(0.0);
-        evs.extend(mach.step(&m, ChargerInput::Telemetry(&t)).effects);
-        let energy = evs
-            .iter()
-            .find_map(|e| match e {
-                Effect::Event(ev) if ev.kind == ChargingStopped => ev.energy_kwh,
-                _ => None,
-            })
-            .unwrap();
+        });
         assert!((energy - 10.0).abs() < 1e-9, "{energy}");
     }
 
