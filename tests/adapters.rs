@@ -1499,3 +1499,46 @@ fn people_counter_two_crossings_in_one_second_are_two_readings() {
     let again = reading(send(122));
     assert!(again.ts <= b.ts && again.entered == Some(0), "{again:?}");
 }
+
+/// A Zigbee2MQTT device going offline says "nobody here" from it (the zone ignores that from
+/// devices it has not heard from); online, and the bridge's own topics, say nothing.
+#[test]
+fn zigbee2mqtt_offline_device_reads_as_absent() {
+    let mut s =
+        Src::new("format = \"zigbee2mqtt\"\ntopic = \"zigbee2mqtt/#\"\nsite = \"s\"\nzone = \"z\"");
+    let absent = |out: Vec<Input>| match &out[..] {
+        [Input::Lounge { sensor, r, .. }] => {
+            assert_eq!(r.presence, Some(false), "{r:?}");
+            assert_eq!(r.co2_ppm, None);
+            sensor.clone()
+        }
+        other => panic!("{other:?}"),
+    };
+    let json = |s: &mut Src, topic: &str, v: Value| s.json(topic, v, LATER).unwrap();
+    let raw = |s: &mut Src, topic: &str, p: &str| s.feed(topic, p.as_bytes(), LATER).unwrap();
+    assert_eq!(
+        absent(json(
+            &mut s,
+            "zigbee2mqtt/sofa/availability",
+            json!({"state": "offline"})
+        )),
+        "sofa"
+    );
+    assert_eq!(
+        absent(raw(&mut s, "zigbee2mqtt/chair/availability", "offline")),
+        "chair"
+    );
+    assert!(json(
+        &mut s,
+        "zigbee2mqtt/sofa/availability",
+        json!({"state": "online"})
+    )
+    .is_empty());
+    assert!(raw(&mut s, "zigbee2mqtt/sofa/availability", "online").is_empty());
+    assert!(json(
+        &mut s,
+        "zigbee2mqtt/bridge/state",
+        json!({"state": "offline"})
+    )
+    .is_empty());
+}

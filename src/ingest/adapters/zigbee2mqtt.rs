@@ -2,8 +2,11 @@
 //!
 //! `occupancy` (PIR) and `presence` (mmWave) become `presence`; `co2`/`co2_ppm`,
 //! `temperature`, `humidity` the air readings. Other keys (illuminance, battery, linkquality)
-//! are ignored. `.../availability`, `.../set`, `.../get` and `bridge/...` topics carry no
-//! reading.
+//! are ignored. `.../set`, `.../get` and `bridge/...` topics carry no reading;
+//! `.../availability` `offline` (`{"state":"offline"}`, or the bare word of older versions)
+//! says the device is gone: "nobody here" from it, so a seat sensor whose battery died while
+//! it saw someone does not count them for ever (the zone ignores it from devices it has not
+//! heard from).
 
 use std::collections::HashMap;
 
@@ -47,6 +50,42 @@ fn number(obj: &Value, keys: &[&str], field: &str) -> Result<Option<f64>, Decode
     Ok(None)
 }
 
+impl Zigbee2Mqtt {
+    fn availability(
+        &mut self,
+        topic: &str,
+        caps: &Captures,
+        payload: &[u8],
+        recv_ms: TsMs,
+    ) -> Result<Vec<Input>, DecodeError> {
+        let state = match parse_json(payload) {
+            Ok(v) => v.get("state").and_then(Value::as_str).map(str::to_owned),
+            Err(_) => std::str::from_utf8(payload)
+                .ok()
+                .map(|s| s.trim().to_owned()),
+        };
+        if state.as_deref() != Some("offline") {
+            return Ok(vec![]);
+        }
+        let device = device_name(topic, caps).to_string();
+        let key = self.target.zone_key(caps, &device)?;
+        let skey = format!("{}\u{1f}{}", caps.state_key(), device);
+        if !self.clocks.contains_key(&skey) && self.clocks.len() >= MAX_DEVICES {
+            return Err(DecodeError::OutOfRange("devices".into()));
+        }
+        let ts = self.clocks.entry(skey).or_default().received(recv_ms);
+        Ok(vec![Input::Lounge {
+            key,
+            sensor: device,
+            r: LoungeReading {
+                ts,
+                presence: Some(false),
+                ..Default::default()
+            },
+        }])
+    }
+}
+
 impl Adapter for Zigbee2Mqtt {
     fn name(&self) -> &'static str {
         "zigbee2mqtt"
@@ -60,9 +99,11 @@ impl Adapter for Zigbee2Mqtt {
         recv_ms: TsMs,
     ) -> Result<Vec<Input>, DecodeError> {
         let last = topic.rsplit('/').next().unwrap_or(topic);
-        if matches!(last, "availability" | "set" | "get") || topic.split('/').any(|l| l == "bridge")
-        {
+        if matches!(last, "set" | "get") || topic.split('/').any(|l| l == "bridge") {
             return Ok(vec![]);
+        }
+        if last == "availability" {
+            return self.availability(topic, caps, payload, recv_ms);
         }
         let device = device_name(topic, caps).to_string();
         let v = parse_json(payload)?;
