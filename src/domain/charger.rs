@@ -112,6 +112,10 @@ struct Session {
     meter_start: Option<f64>,
     meter_last: Option<f64>,
     session_kwh: Option<f64>,
+    /// The session counter has stopped coming while the meter goes on (an adapter that
+    /// cannot know the counter after a restart): the meter delta may then pass it.
+    #[serde(default)]
+    counter_stopped: bool,
     integrated_kwh: f64,
     last_power: Option<(TsMs, f64)>,
     /// Status `suspended_ev` since, counted only after real charging.
@@ -134,17 +138,18 @@ impl Session {
     /// ever read zero is taken as not reported: an OCPP StartTransaction gives `session_kwh`
     /// 0, and a station configured for power and SoC only never reports energy again.
     ///
-    /// Where both a session counter and the meter are known, the larger: a counter that stops
-    /// being reported (an adapter that cannot know it after a restart) must not hold the
-    /// session's energy at its last value while the meter goes on.
+    /// A counter that has stopped coming while the meter goes on (an adapter that cannot
+    /// know it after a restart) does not hold the energy at its last value: the meter delta
+    /// counts once it is larger. While the counter comes, it wins (the meter may sit at the
+    /// inlet, with the charger's losses, or be shared by two outlets).
     fn energy_kwh(&self) -> f64 {
         let meter = match (self.meter_start, self.meter_last) {
             (Some(a), Some(b)) if b > a => Some(b - a),
             _ => None,
         };
         match (self.session_kwh.filter(|k| *k > 0.0), meter) {
-            (Some(k), Some(m)) => k.max(m),
-            (Some(k), None) => k,
+            (Some(k), Some(m)) if self.counter_stopped => k.max(m),
+            (Some(k), _) => k,
             (None, Some(m)) => m,
             (None, None) => self.integrated_kwh,
         }
@@ -493,6 +498,7 @@ impl ChargerMachine {
             meter_start: None,
             meter_last: None,
             session_kwh: None,
+            counter_stopped: false,
             integrated_kwh: 0.0,
             last_power: None,
             suspended_ev_since: None,
@@ -618,6 +624,9 @@ impl ChargerMachine {
             // A counter that drops mid-session (a charger resetting it) must not take back
             // energy that was delivered: session energy never decreases.
             s.session_kwh = Some(s.session_kwh.map_or(k, |prev| prev.max(k)));
+            s.counter_stopped = false;
+        } else if t.meter_kwh.is_some() && s.session_kwh.is_some() {
+            s.counter_stopped = true;
         }
         if let Some(p) = t.power_kw {
             if let Some((lt, lp)) = s.last_power {
@@ -1221,6 +1230,17 @@ mod tests {
         let energy = energy_of_an_ac_hour(|i, t| {
             t.meter_kwh = Some(1000.0 + 10.0 * i as f64 / 60.0);
             t.session_kwh = (i <= 30).then_some(10.0 * i as f64 / 60.0);
+        });
+        assert!((energy - 10.0).abs() < 1e-9, "{energy}");
+    }
+
+    /// A meter at the inlet (the charger's losses) or shared by two outlets reads more than
+    /// the session counter: while the counter comes, it is the session's energy.
+    #[test]
+    fn a_session_counter_that_keeps_coming_wins_over_a_larger_meter_delta() {
+        let energy = energy_of_an_ac_hour(|i, t| {
+            t.meter_kwh = Some(1000.0 + 10.8 * i as f64 / 60.0);
+            t.session_kwh = Some(10.0 * i as f64 / 60.0);
         });
         assert!((energy - 10.0).abs() < 1e-9, "{energy}");
     }
