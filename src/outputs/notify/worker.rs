@@ -126,6 +126,9 @@ pub async fn run_worker(
         .collect();
     let mut tasks: JoinSet<()> = JoinSet::new();
     let mut next_sweep = tokio::time::Instant::now();
+    // Contacts were deleted and the log may still hold pages from before: when it is
+    // next due to be cut to nothing (see `truncate_log`).
+    let mut truncate_due: Option<tokio::time::Instant> = None;
 
     loop {
         if *shutdown.borrow() {
@@ -136,23 +139,25 @@ pub async fn run_worker(
             match db(&shared, move |c| retention_sweep(c, &s.cfg, now_ms())).await {
                 Ok(n) if n > 0 => {
                     tracing::info!(guests = n, "notify: retention sweep deleted guest contacts");
-                    // The log may still hold pages from before the delete: copy it into the
-                    // database and cut it to nothing (best effort; the next sweep tries again).
-                    let truncated = db(&shared, |c| {
-                        c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-                            r.get::<_, i64>(0)
-                        })
-                    })
-                    .await;
-                    if !matches!(truncated, Ok(0)) {
-                        tracing::debug!(?truncated, "notify: log not truncated after the sweep");
-                    }
+                    truncate_due = Some(tokio::time::Instant::now());
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "notify: retention sweep failed"),
             }
             next_sweep = tokio::time::Instant::now()
                 + SWEEP_EVERY.min(shared.cfg.retention.max(Duration::from_secs(1)));
+        }
+        if truncate_due.is_some_and(|t| tokio::time::Instant::now() >= t) {
+            truncate_due = match db(&shared, truncate_log).await {
+                Ok(true) => None,
+                other => {
+                    tracing::debug!(
+                        ?other,
+                        "notify: log not cut yet after the sweep; again in a minute"
+                    );
+                    Some(tokio::time::Instant::now() + Duration::from_secs(60))
+                }
+            };
         }
 
         let now = now_ms();
@@ -643,15 +648,28 @@ async fn report(shared: &Arc<Shared>, f: &Finished) {
     tracing::warn!(why, "notify: notification point dropped");
 }
 
+/// Copies the log into the database and cuts it to nothing, so that no page from before a
+/// retention delete stays in it. Such a checkpoint holds new writers back while it waits
+/// for readers: it waits 50 ms at most (the commit thread must not stall behind it), and
+/// says whether it got through; the worker tries again a minute later if not.
+fn truncate_log(c: &Connection) -> rusqlite::Result<bool> {
+    c.busy_timeout(Duration::from_millis(50))?;
+    let busy = c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+        r.get::<_, i64>(0)
+    });
+    crate::store::wait_briefly_when_busy(c)?;
+    Ok(busy? == 0)
+}
+
+/// How long past the retention a link bound to a session that never ended (a charger that
+/// never reported the unplug) keeps its contact.
+pub const OPEN_SESSION_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// Deletes guest contacts older than the retention (counted from the link's end; for a
 /// link still bound to an open session, from its creation plus [`OPEN_SESSION_GRACE`], so a
 /// short retention does not take a guest's "your car is ready" away mid-session; for a card
 /// link, from its creation), the outbox rows and attempts of that age, and lapses charger
 /// links that waited too long for a session. Returns the number of guests deleted.
-/// How long past the retention a link bound to a session that never ended (a charger that
-/// never reported the unplug) keeps its contact.
-pub const OPEN_SESSION_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
-
 pub fn retention_sweep(conn: &Connection, cfg: &NotifyConfig, now: i64) -> rusqlite::Result<usize> {
     let cutoff = now - cfg.retention.as_millis() as i64;
     let tx = crate::store::write_tx(conn)?;
