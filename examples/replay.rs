@@ -41,9 +41,10 @@ fn stream(n: usize) -> Vec<Inbound> {
                 payload: m.payload.into(),
                 // Deterministic: the broker's hop is taken as 20 ms.
                 recv_ms: m.ts_ms + 20,
-                // All received now: the silences the processor's ticks see are the real
-                // time the replay takes.
-                recv_mono_ms: evlounge::util::time::mono_ms(),
+                // Far ahead of this process's monotonic clock: the processor's ticks see
+                // no silence, whatever the replay's speed (under valgrind, 50× slower), so
+                // its instruction count does not depend on the machine.
+                recv_mono_ms: m.ts_ms + 20,
                 ack: None,
                 redelivered: false,
             });

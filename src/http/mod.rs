@@ -100,6 +100,15 @@ pub fn client_ip(peer: SocketAddr, forwarded_for: bool, headers: &HeaderMap) -> 
         v4 => v4,
     };
     let mut ip = unmapped(peer.ip());
+    if !forwarded_for && ip.is_loopback() && headers.contains_key("x-forwarded-for") {
+        static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(
+                "requests come through a local proxy (X-Forwarded-For) but http.forwarded_for \
+                 is off: the guest and login rate limits count all of them as one client"
+            );
+        }
+    }
     if forwarded_for && ip.is_loopback() {
         let forwarded = headers
             .get_all("x-forwarded-for")
