@@ -219,12 +219,16 @@ async fn ntfy_gets_title_click_priority_and_token() {
     assert_eq!(en.headers["authorization"], format!("Bearer {NTFY_TOKEN}"));
     assert_eq!(en.headers["x-evlounge-event"], "charging_complete");
     assert_eq!(en.headers["x-evlounge-event-id"], "e-ntfy-1");
+    // One sequence per (event, guest): a retry replaces rather than rings again.
+    let sid = |q: &Received| q.headers["x-sequence-id"].clone();
+    assert!(sid(en).starts_with("e-ntfy-1-"), "{}", sid(en));
     let body = String::from_utf8(en.body.to_vec()).unwrap();
     assert!(
         body.contains("Your Taycan 4S at Bay 3 is charged to 80 %"),
         "{body}"
     );
     let it = log.iter().find(|q| q.path == "/bay3-giulia").unwrap();
+    assert!(sid(it).starts_with("e-ntfy-1-") && sid(it) != sid(en));
     // Non-ASCII title as an RFC 2047 encoded word, which ntfy decodes.
     assert!(
         it.headers["title"].starts_with("=?UTF-8?B?"),

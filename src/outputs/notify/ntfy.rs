@@ -96,7 +96,15 @@ impl Deliver for Ntfy {
                 .header("Click", out.bay_url.as_str())
                 .header("X-Evlounge-Event", kind.as_str())
                 .header("X-Evlounge-Event-Id", out.event.event_id.as_str())
-                .header("Idempotency-Key", out.idempotency_key());
+                .header("Idempotency-Key", out.idempotency_key())
+                // ntfy ignores Idempotency-Key; from 2.16 on, a message with the sequence id
+                // of an earlier one replaces it on the phone instead of ringing again, so a
+                // retry after an answer that was lost (a timeout) shows once. Older servers
+                // ignore the header.
+                .header(
+                    "X-Sequence-ID",
+                    format!("{}-{}", out.event.event_id, out.guest_id),
+                );
             if let Some(t) = &self.cfg.token {
                 req = req.bearer_auth(t.expose());
             }
