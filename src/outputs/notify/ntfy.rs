@@ -83,6 +83,21 @@ fn base64(data: &[u8]) -> String {
     out
 }
 
+/// `id` when ntfy takes it as a sequence id (1 to 64 of `[A-Za-z0-9_-]`: an event id and a
+/// guest id, 16 hex digits each, always are), else a hash of it that is: a sequence id ntfy
+/// refused would fail the message (400).
+fn sequence_id(id: &str) -> String {
+    let ok = (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_');
+    if ok {
+        return id.to_string();
+    }
+    use sha2::{Digest, Sha256};
+    hex::encode(&Sha256::digest(id.as_bytes())[..16])
+}
+
 impl Deliver for Ntfy {
     fn deliver<'a>(&'a self, out: &'a Outgoing) -> BoxFuture<'a, Result<(), DeliveryError>> {
         Box::pin(async move {
@@ -103,7 +118,7 @@ impl Deliver for Ntfy {
                 // ignore the header.
                 .header(
                     "X-Sequence-ID",
-                    format!("{}-{}", out.event.event_id, out.guest_id),
+                    sequence_id(&format!("{}-{}", out.event.event_id, out.guest_id)),
                 );
             if let Some(t) = &self.cfg.token {
                 req = req.bearer_auth(t.expose());
@@ -134,6 +149,15 @@ mod tests {
     #[test]
     fn non_ascii_titles_are_encoded_words() {
         assert_eq!(header_text("Bay 3: done"), "Bay 3: done");
+        assert_eq!(
+            sequence_id("0f6c1c1e9a7b4d2e-a1b2c3d4e5f60718"),
+            "0f6c1c1e9a7b4d2e-a1b2c3d4e5f60718"
+        );
+        for odd in ["a:b", "", &"x".repeat(65)] {
+            let s = sequence_id(odd);
+            assert_eq!(s.len(), 32, "{odd:?}");
+            assert!(s.bytes().all(|c| c.is_ascii_hexdigit()));
+        }
         assert_eq!(header_text("è"), "=?UTF-8?B?w6g=?=");
     }
 
