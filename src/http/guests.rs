@@ -30,11 +30,6 @@ fn error(code: StatusCode, msg: impl Into<String>) -> Response {
 /// strangers about one car. The front desk is not limited.
 const MAX_PUBLIC_LINKS_PER_BAY: i64 = 10;
 
-enum Refused {
-    Invalid(notify::LinkError),
-    BayFull,
-}
-
 async fn link(
     State(st): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -100,36 +95,16 @@ async fn link(
     let res = tokio::task::spawn_blocking(move || {
         // Outer error: the store failed; inner: the request was refused.
         let conn = store::open_writer(&dir).map_err(|e| e.to_string())?;
-        if public {
-            if let Some(c) = &req.charger {
-                // Pending links count while they can still bind (the sweep that marks
-                // them expired runs only hourly). Not in the link's transaction: two
-                // requests at once may both pass at 9; the rate limit bounds that.
-                let cutoff =
-                    crate::util::time::now_ms() - notify::PENDING_LINK_TTL.as_millis() as i64;
-                let linked: i64 = conn
-                    .query_row(
-                        "SELECT COUNT(*) FROM guests WHERE site = ?1 AND charger = ?2
-                         AND address IS NOT NULL
-                         AND (state = 'bound' OR state = 'pending' AND created_ms >= ?3)",
-                        rusqlite::params![req.site, c, cutoff],
-                        |r| r.get(0),
-                    )
-                    .map_err(|e| e.to_string())?;
-                if linked >= MAX_PUBLIC_LINKS_PER_BAY {
-                    return Ok(Err(Refused::BayFull));
-                }
-            }
-        }
-        match notify::link_guest(
+        match notify::link_guest_capped(
             &conn,
             &req,
             &cfg,
             current.as_deref(),
             crate::util::time::now_ms(),
+            public.then_some(MAX_PUBLIC_LINKS_PER_BAY),
         ) {
             Ok(l) => Ok(Ok(l)),
-            Err(notify::NotifyError::Invalid(e)) => Ok(Err(Refused::Invalid(e))),
+            Err(notify::NotifyError::Invalid(e)) => Ok(Err(e)),
             Err(notify::NotifyError::Store(e)) => Err(e.to_string()),
         }
     })
@@ -143,13 +118,12 @@ async fn link(
             )
                 .into_response()
         }
-        Ok(Ok(Err(Refused::Invalid(e)))) => error(
+        Ok(Ok(Err(e @ notify::LinkError::BayFull(_)))) => {
+            error(StatusCode::CONFLICT, e.to_string())
+        }
+        Ok(Ok(Err(e))) => error(
             StatusCode::BAD_REQUEST,
             format!("invalid link request: {e}"),
-        ),
-        Ok(Ok(Err(Refused::BayFull))) => error(
-            StatusCode::CONFLICT,
-            "this bay has as many guests linked as it takes; ask the front desk",
         ),
         // The store's own message (a path, "database is locked") is for the log, not the
         // caller, who may try again.

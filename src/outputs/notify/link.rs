@@ -59,6 +59,8 @@ pub enum LinkError {
     Name,
     #[error("events: must not be empty")]
     Events,
+    #[error("this bay has as many guests linked as it takes ({0}); ask the front desk")]
+    BayFull(i64),
 }
 
 fn is_id(s: &str) -> bool {
@@ -207,11 +209,43 @@ pub fn link_guest(
     current_session: Option<&str>,
     now_ms: i64,
 ) -> Result<GuestLink, NotifyError> {
+    link_guest_capped(conn, req, cfg, current_session, now_ms, None)
+}
+
+/// [`link_guest`], refused ([`LinkError::BayFull`]) when the charger already has `per_bay`
+/// guests waiting or bound: counted in the link's own write transaction, so two requests
+/// at once cannot both take the last place.
+pub fn link_guest_capped(
+    conn: &Connection,
+    req: &LinkRequest,
+    cfg: &NotifyConfig,
+    current_session: Option<&str>,
+    now_ms: i64,
+    per_bay: Option<i64>,
+) -> Result<GuestLink, NotifyError> {
     req.validate(cfg)?;
     let token = random_hex(16);
     let guest_id = random_hex(8);
     let events = req.events.clone().unwrap_or_else(default_events);
     let tx = crate::store::write_tx(conn)?;
+    if let (Some(cap), Some(charger)) = (per_bay, &req.charger) {
+        // Pending links count while they can still bind (the sweep that marks them
+        // expired runs only hourly).
+        let linked: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM guests WHERE site = ?1 AND charger = ?2
+             AND address IS NOT NULL
+             AND (state = 'bound' OR state = 'pending' AND created_ms >= ?3)",
+            params![
+                req.site,
+                charger,
+                now_ms - PENDING_LINK_TTL.as_millis() as i64
+            ],
+            |r| r.get(0),
+        )?;
+        if linked >= cap {
+            return Err(LinkError::BayFull(cap).into());
+        }
+    }
     // The open session is read inside the write transaction, from the store itself: a
     // snapshot taken before it (the live view) can be a plug-in or an unplug behind, and a
     // link bound from it could miss its own session or wait for the next driver's.

@@ -28,8 +28,9 @@ pub use channel::{Deliver, DeliveryError, MqttPublish, Outgoing};
 pub use config::{EmailConfig, NotifyConfig, NtfyConfig, WebhookConfig};
 pub use directory::{load_directory, Contact, Customer, Directory, DirectoryError};
 pub use link::{
-    get_guest, link_exists, link_guest, on_session_closed, on_session_opened, on_session_tagged,
-    unlink_guest, GuestLink, GuestView, LinkError, LinkRequest, PENDING_LINK_TTL,
+    get_guest, link_exists, link_guest, link_guest_capped, on_session_closed, on_session_opened,
+    on_session_tagged, unlink_guest, GuestLink, GuestView, LinkError, LinkRequest,
+    PENDING_LINK_TTL,
 };
 pub use outbox::{enqueue_for_event, MIGRATIONS};
 pub use templates::{Message, TemplateError, Templates};

@@ -147,8 +147,8 @@ mod tests {
     use super::*;
     use crate::domain::event::EventKind;
     use crate::outputs::notify::{
-        link_guest, on_session_closed, on_session_opened, unlink_guest, Channel, Contact, Customer,
-        Directory, Lang, LinkRequest, NotifyConfig, NtfyConfig,
+        link_guest, link_guest_capped, on_session_closed, on_session_opened, unlink_guest, Channel,
+        Contact, Customer, Directory, Lang, LinkRequest, NotifyConfig, NtfyConfig,
     };
     use crate::util::secret::Redacted;
 
@@ -275,6 +275,31 @@ mod tests {
             enqueue_for_event(&c, &ev(EventKind::ChargingComplete, "e2"), Some("C"), NOW).unwrap(),
             0
         );
+    }
+
+    #[test]
+    fn a_capped_link_counts_the_bays_waiting_and_bound_guests_only() {
+        let c = conn();
+        let capped = |at: i64, sess: Option<&str>| {
+            link_guest_capped(&c, &req(Some("hpc-3"), None), &cfg(), sess, at, Some(2))
+        };
+        // A pending link that lapsed an hour ago takes no place.
+        capped(NOW - 3_600_000, None).unwrap();
+        capped(NOW, Some("A")).unwrap();
+        capped(NOW, None).unwrap();
+        assert!(matches!(
+            capped(NOW, None),
+            Err(crate::outputs::notify::NotifyError::Invalid(
+                crate::outputs::notify::LinkError::BayFull(2)
+            ))
+        ));
+        // Another bay is not held back by it.
+        link_guest_capped(&c, &req(Some("hpc-4"), None), &cfg(), None, NOW, Some(2)).unwrap();
+        // Once the session ends, its guest's place is free again.
+        on_session_closed(&c, "A", NOW).unwrap();
+        capped(NOW, None).unwrap();
+        // The front desk is not capped.
+        link_guest(&c, &req(Some("hpc-3"), None), &cfg(), None, NOW).unwrap();
     }
 
     #[test]
