@@ -646,3 +646,24 @@ async fn a_guest_deletes_their_link_and_made_up_tokens_never_wait_for_the_writer
         .unwrap();
     assert_eq!(r.status(), 201);
 }
+
+/// Without a staff token (loopback only) the desk is whoever is on this host, but not a
+/// request a reverse proxy relayed: a token lost to a unit file's mistake must not leave the
+/// staff pages open through the proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_staff_token_only_requests_from_this_host_are_staff() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = start_daemon(dir.path(), &broker, &site_config(&broker, false), "").await;
+    let http = client();
+    let url = format!("{}/api/v1/sessions", d.base);
+    assert_eq!(http.get(&url).send().await.unwrap().status(), 200);
+    for (h, v) in [
+        ("X-Forwarded-For", "203.0.113.7"),
+        ("Forwarded", "for=203.0.113.7"),
+        ("X-Real-IP", "203.0.113.7"),
+    ] {
+        let r = http.get(&url).header(h, v).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{h}");
+    }
+}

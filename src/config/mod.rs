@@ -746,6 +746,15 @@ impl Validator {
                 "http.staff_token",
                 "is empty: set a long random token (e.g. `openssl rand -hex 32`) or leave it unset on loopback",
             );
+        } else if staff_token
+            .as_ref()
+            .is_some_and(|t| t.expose().to_ascii_lowercase().contains("change-me"))
+        {
+            // The placeholder of deploy/.env.example: public, so it guards nothing.
+            self.err(
+                "http.staff_token",
+                "is still the example's placeholder: set a long random token (e.g. `openssl rand -hex 32`)",
+            );
         }
         if staff_token.is_none() && !listen.ip().is_loopback() {
             self.err(

@@ -137,9 +137,9 @@ async fn link(
 
 /// Without a configured staff token (loopback-only deployments) the desk is whoever can
 /// reach the loopback address; a request still marked as coming from the bay page
-/// (`X-Evlounge-Public: 1`) is held to the public rules.
+/// (`X-Evlounge-Public: 1`), or relayed by a proxy, is held to the public rules.
 fn is_loopback_staff(headers: &HeaderMap) -> bool {
-    headers.get("x-evlounge-public").is_none()
+    headers.get("x-evlounge-public").is_none() && !super::relayed(headers)
 }
 
 async fn lookup(State(st): State<AppState>, Path(token): Path<String>) -> Response {

@@ -86,6 +86,16 @@ impl RateLimiter {
     }
 }
 
+/// A request a proxy relayed (it says so in one of the usual headers): without a staff
+/// token, only requests made on this host itself pass as staff; one that came through a
+/// reverse proxy came from anywhere (a staff token lost to a unit file's mistake must not
+/// leave the staff pages open to the internet).
+pub fn relayed(headers: &HeaderMap) -> bool {
+    ["x-forwarded-for", "forwarded", "x-real-ip", "via"]
+        .iter()
+        .any(|h| headers.contains_key(*h))
+}
+
 /// The client a rate limit applies to. Behind a reverse proxy on this host every request
 /// comes from loopback: with `forwarded_for` (`http.forwarded_for`, set when that proxy
 /// sets the header), the proxy's `X-Forwarded-For` names the client there (its last entry,
@@ -135,7 +145,7 @@ impl AppState {
     /// by the staff login). With no token configured (allowed on loopback only) all pass.
     pub fn is_staff(&self, headers: &HeaderMap) -> bool {
         let Some(token) = &self.cfg.http.staff_token else {
-            return true;
+            return !relayed(headers);
         };
         let expected = token.expose().as_bytes();
         let bearer = headers
@@ -249,6 +259,17 @@ mod tests {
             client_ip(local, false, &headers(&["203.0.113.7"])),
             ip("127.0.0.1")
         );
+    }
+
+    #[test]
+    fn a_request_through_a_proxy_is_relayed() {
+        assert!(!relayed(&HeaderMap::new()));
+        assert!(relayed(&headers(&["203.0.113.7"])));
+        for h in ["forwarded", "x-real-ip", "via"] {
+            let mut m = HeaderMap::new();
+            m.insert(h, "x".parse().unwrap());
+            assert!(relayed(&m), "{h}");
+        }
     }
 
     #[test]
