@@ -735,7 +735,22 @@ fn systemd_unit_is_hardened() {
         assert!(set.contains(line), "evlounge.service lacks {line:?}");
     }
     assert!(unit.contains("LoadCredential="));
-    assert!(unit.contains("_FILE=%d/"));
+    // Each credential's variable names it by a literal path: `%d` needs systemd 251, and an
+    // older one drops the whole line, leaving the secret (the staff token) unset.
+    assert!(
+        !unit
+            .lines()
+            .any(|l| l.contains("Environment=") && l.contains("%d")),
+        "no %d specifier"
+    );
+    for line in unit.lines() {
+        let line = line.trim_start_matches('#');
+        if let Some(cred) = line.strip_prefix("LoadCredential=") {
+            let name = cred.split(':').next().unwrap();
+            let path = format!("_FILE=/run/credentials/evlounge.service/{name}");
+            assert!(unit.contains(&path), "no variable for credential {name}");
+        }
+    }
     let stop = set
         .iter()
         .find_map(|l| l.strip_prefix("TimeoutStopSec="))
@@ -817,7 +832,23 @@ fn config_check(path: &Path, env: &[(String, String)]) -> std::process::Output {
 
 #[test]
 fn compose_config_passes_config_check_with_the_compose_env() {
-    let env = compose_evlounge_env();
+    // The example's staff token is a public placeholder: refused until it is changed.
+    let placeholder = compose_evlounge_env();
+    let out = config_check(&deploy("evlounge.compose.toml"), &placeholder);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("http.staff_token: is still the example's placeholder"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let env: Vec<(String, String)> = placeholder
+        .into_iter()
+        .map(|(k, v)| match k.as_str() {
+            "EVLOUNGE__HTTP__STAFF_TOKEN" => (k, "d41c9a0e5b7f4a2c8e13f6b9a0c7d5e2".into()),
+            _ => (k, v),
+        })
+        .collect();
     let token = env
         .iter()
         .find(|(k, _)| k == "EVLOUNGE__INFLUX__TOKEN")
