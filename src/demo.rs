@@ -138,7 +138,7 @@ async fn link_guests(broker: SocketAddr, prefix: String) {
                     "charger": charger,
                     "channel": "mqtt",
                     "address": format!("guest-{charger}"),
-                    "lang": if n % 2 == 0 { "en" } else { "it" },
+                    "lang": if n.is_multiple_of(2) { "en" } else { "it" },
                 });
                 let _ = client.try_publish(
                     format!("{prefix}/{SITE}/frontdesk/link"),

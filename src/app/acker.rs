@@ -160,7 +160,7 @@ fn run(rx: flume::Receiver<Job>, mut sink: Option<Box<dyn PointSink>>, ack: AckF
             Err(e) => {
                 attempts += 1;
                 failures.increment(1);
-                if attempts == 1 || attempts % 20 == 0 {
+                if attempts == 1 || attempts.is_multiple_of(20) {
                     let messages: usize = jobs.iter().map(|j| j.acks.len()).sum();
                     tracing::error!(error = %e, attempts, messages, "tsdb spool write failed; retrying (the messages stay unacked)");
                 }

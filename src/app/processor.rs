@@ -722,7 +722,7 @@ impl Processor {
                 Ok(Err(e)) => {
                     failures += 1;
                     metrics::counter!("evlounge_commit_failures_total").increment(1);
-                    if failures == 1 || failures % 20 == 0 {
+                    if failures == 1 || failures.is_multiple_of(20) {
                         tracing::error!(error = %e, failures, "commit failed; retrying the batch (its messages stay unacked)");
                     }
                     if let Err(e) = self.reload() {
