@@ -74,19 +74,6 @@ impl ZoneMachine {
         if self.sensors.get(sensor).is_some_and(|s| r.ts <= s.last_ts) {
             return ZoneStep::default();
         }
-        // "Nobody here" and nothing else, from a sensor this zone has not heard from (a
-        // Zigbee2MQTT device going offline: any device, a lamp as well as a seat sensor)
-        // changes nothing and is not worth remembering the sensor for.
-        let absent_only = r.presence == Some(false)
-            && r.occupancy.is_none()
-            && r.entered.is_none()
-            && r.exited.is_none()
-            && r.co2_ppm.is_none()
-            && r.temperature_c.is_none()
-            && r.humidity_pct.is_none();
-        if absent_only && !self.sensors.contains_key(sensor) {
-            return ZoneStep::default();
-        }
         let st = self.sensors.entry(sensor.to_string()).or_default();
         st.last_ts = r.ts;
         if let Some(p) = r.presence {
@@ -221,7 +208,7 @@ mod tests {
     }
 
     #[test]
-    fn a_seat_sensor_that_goes_away_no_longer_counts_and_strangers_are_not_kept() {
+    fn a_seat_sensor_that_goes_away_no_longer_counts() {
         let m = meta(Some(10));
         let mut z = ZoneMachine::new(&m);
         z.step(&m, "sofa", &present(true, 1));
@@ -229,10 +216,6 @@ mod tests {
         assert_eq!(z.live(&m).occupancy, 2);
         // The sofa's battery dies while it says "present": its offline says absent.
         z.step(&m, "sofa", &present(false, 3));
-        assert_eq!(z.live(&m).occupancy, 1);
-        // A lamp going offline says nothing about the lounge.
-        z.step(&m, "lamp", &present(false, 4));
-        assert!(!z.sensors.contains_key("lamp"));
         assert_eq!(z.live(&m).occupancy, 1);
     }
 
@@ -423,10 +406,7 @@ mod tests {
                     let name = format!("s{sensor}");
                     let before = z.clone();
                     let st = z.step(&m, &name, &lr);
-                    // Everything fresh is applied, but "absent" from a sensor not heard from.
-                    let stranger_absent =
-                        matches!(r, R::Presence(false)) && !before.sensors.contains_key(&name);
-                    prop_assert_eq!(st.applied, !stranger_absent);
+                    prop_assert!(st.applied);
                     // Redelivery changes nothing.
                     let snapshot = z.clone();
                     prop_assert!(!z.step(&m, &name, &lr).applied);

@@ -4,9 +4,9 @@
 //! `temperature`, `humidity` the air readings. Other keys (illuminance, battery, linkquality)
 //! are ignored. `.../set`, `.../get` and `bridge/...` topics carry no reading;
 //! `.../availability` `offline` (`{"state":"offline"}`, or the bare word of older versions)
-//! says the device is gone: "nobody here" from it, so a seat sensor whose battery died while
-//! it saw someone does not count them for ever (the zone ignores it from devices it has not
-//! heard from).
+//! of a device that has reported presence in this run says it is gone: "nobody here" from
+//! it, so a seat sensor whose battery died while it saw someone does not count them for
+//! ever. Other devices' availability (lamps, plugs, buttons) says nothing.
 
 use std::collections::HashMap;
 
@@ -26,6 +26,8 @@ pub struct Zigbee2Mqtt {
     target: Target,
     /// Per device: its readings are mostly stamped on receipt (see [`MsgClock`]).
     clocks: HashMap<String, MsgClock>,
+    /// Devices that have reported presence (seat and room sensors), by their state key.
+    presence: std::collections::HashSet<String>,
 }
 
 impl Zigbee2Mqtt {
@@ -33,6 +35,7 @@ impl Zigbee2Mqtt {
         Self {
             target,
             clocks: HashMap::new(),
+            presence: std::collections::HashSet::new(),
         }
     }
 }
@@ -68,11 +71,11 @@ impl Zigbee2Mqtt {
             return Ok(vec![]);
         }
         let device = device_name(topic, caps).to_string();
-        let key = self.target.zone_key(caps, &device)?;
         let skey = format!("{}\u{1f}{}", caps.state_key(), device);
-        if !self.clocks.contains_key(&skey) && self.clocks.len() >= MAX_DEVICES {
-            return Err(DecodeError::OutOfRange("devices".into()));
+        if !self.presence.contains(&skey) {
+            return Ok(vec![]);
         }
+        let key = self.target.zone_key(caps, &device)?;
         let ts = self.clocks.entry(skey).or_default().received(recv_ms);
         Ok(vec![Input::Lounge {
             key,
@@ -135,6 +138,9 @@ impl Adapter for Zigbee2Mqtt {
         let skey = format!("{}\u{1f}{}", caps.state_key(), device);
         if !self.clocks.contains_key(&skey) && self.clocks.len() >= MAX_DEVICES {
             return Err(DecodeError::OutOfRange("devices".into()));
+        }
+        if r.presence.is_some() {
+            self.presence.insert(skey.clone());
         }
         let clock = self.clocks.entry(skey).or_default();
         // `last_seen` is in the payload when Zigbee2MQTT is configured to add it.
