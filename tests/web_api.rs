@@ -666,4 +666,17 @@ async fn without_a_staff_token_only_requests_from_this_host_are_staff() {
         let r = http.get(&url).header(h, v).send().await.unwrap();
         assert_eq!(r.status(), 401, "{h}");
     }
+    // Logging in cannot help there: said plainly, no cookie (a cookie would only lead back
+    // to the login form).
+    let r = http
+        .post(format!("{}/staff/login", d.base))
+        .header("X-Forwarded-For", "203.0.113.7")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("token=anything")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.headers().get("set-cookie").is_none());
+    assert!(r.text().await.unwrap().contains("http.staff_token"));
 }

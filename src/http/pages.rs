@@ -316,6 +316,17 @@ async fn login(
     if !st.limiter.allow_request(peer, &headers) {
         return (StatusCode::TOO_MANY_REQUESTS, "too many attempts\n").into_response();
     }
+    if st.cfg.http.staff_token.is_none() {
+        // Nothing to log in with: on this host /staff needs no login, and through a proxy
+        // (the only way here) it is refused until a token is set. Say so, instead of
+        // setting a cookie and sending the browser back to the login form for ever.
+        return (
+            StatusCode::FORBIDDEN,
+            "No staff token is set (http.staff_token): the staff pages are open only to \
+             requests made on the daemon's own host, not through a proxy.\n",
+        )
+            .into_response();
+    }
     let token = url::form_urlencoded::parse(&body)
         .find(|(k, _)| k == "token")
         .map(|(_, v)| v.trim().to_string())
