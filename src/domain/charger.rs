@@ -92,6 +92,10 @@ impl Seqs {
     }
 }
 
+/// How long the session counter may be missing from readings that carry the meter before
+/// the meter delta may pass it (see `Session::counter_stopped`).
+const COUNTER_SILENCE_MS: TsMs = 5 * 60 * 1000;
+
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 enum Terminal {
     Completed,
@@ -113,9 +117,14 @@ struct Session {
     meter_last: Option<f64>,
     session_kwh: Option<f64>,
     /// The session counter has stopped coming while the meter goes on (an adapter that
-    /// cannot know the counter after a restart): the meter delta may then pass it.
+    /// cannot know the counter after a restart): the meter delta may then pass it. Said
+    /// after [`COUNTER_SILENCE_MS`] without it, so that a charger sending the two in
+    /// different messages keeps the counter.
     #[serde(default)]
     counter_stopped: bool,
+    /// When the session counter last came.
+    #[serde(default)]
+    counter_ts: Option<TsMs>,
     integrated_kwh: f64,
     last_power: Option<(TsMs, f64)>,
     /// Status `suspended_ev` since, counted only after real charging.
@@ -499,6 +508,7 @@ impl ChargerMachine {
             meter_last: None,
             session_kwh: None,
             counter_stopped: false,
+            counter_ts: None,
             integrated_kwh: 0.0,
             last_power: None,
             suspended_ev_since: None,
@@ -625,7 +635,11 @@ impl ChargerMachine {
             // energy that was delivered: session energy never decreases.
             s.session_kwh = Some(s.session_kwh.map_or(k, |prev| prev.max(k)));
             s.counter_stopped = false;
-        } else if t.meter_kwh.is_some() && s.session_kwh.is_some() {
+            s.counter_ts = Some(ts);
+        } else if t.meter_kwh.is_some()
+            && s.session_kwh.is_some()
+            && s.counter_ts.is_none_or(|c| ts - c > COUNTER_SILENCE_MS)
+        {
             s.counter_stopped = true;
         }
         if let Some(p) = t.power_kw {
@@ -1235,14 +1249,21 @@ mod tests {
     }
 
     /// A meter at the inlet (the charger's losses) or shared by two outlets reads more than
-    /// the session counter: while the counter comes, it is the session's energy.
+    /// the session counter: while the counter comes, it is the session's energy, also when
+    /// the two come in different messages.
     #[test]
     fn a_session_counter_that_keeps_coming_wins_over_a_larger_meter_delta() {
-        let energy = energy_of_an_ac_hour(|i, t| {
-            t.meter_kwh = Some(1000.0 + 10.8 * i as f64 / 60.0);
-            t.session_kwh = Some(10.0 * i as f64 / 60.0);
-        });
-        assert!((energy - 10.0).abs() < 1e-9, "{energy}");
+        for split in [false, true] {
+            let energy = energy_of_an_ac_hour(|i, t| {
+                if !split || i % 2 == 0 {
+                    t.meter_kwh = Some(1000.0 + 10.8 * i as f64 / 60.0);
+                }
+                if !split || i % 2 == 1 || i == 0 {
+                    t.session_kwh = Some(10.0 * i as f64 / 60.0);
+                }
+            });
+            assert!((energy - 10.0).abs() < 0.2, "split {split}: {energy}");
+        }
     }
 
     #[test]
