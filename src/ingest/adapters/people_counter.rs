@@ -77,7 +77,7 @@ impl Adapter for PeopleCounter {
             .iter()
             .find_map(|k| v.get(*k).and_then(parse_time_value));
         let key = self.target.zone_key(caps, &device)?;
-        let skey = format!("{}\u{1f}{}", caps.state_key(), device);
+        let skey = caps.device_key(&device);
         if !self.counters.contains_key(&skey) && self.counters.len() >= MAX_COUNTERS {
             return Err(DecodeError::OutOfRange("counters".into()));
         }

@@ -69,6 +69,11 @@ impl Captures {
         }
         k
     }
+
+    /// [`Captures::state_key`] for one device of the topic (adapters keep state per device).
+    pub(crate) fn device_key(&self, device: &str) -> String {
+        format!("{}\u{1f}{}", self.state_key(), device)
+    }
 }
 
 fn is_name(s: &str) -> bool {

@@ -71,7 +71,7 @@ impl Zigbee2Mqtt {
             return Ok(vec![]);
         }
         let device = device_name(topic, caps).to_string();
-        let skey = format!("{}\u{1f}{}", caps.state_key(), device);
+        let skey = caps.device_key(&device);
         if !self.presence.contains(&skey) {
             return Ok(vec![]);
         }
@@ -135,7 +135,7 @@ impl Adapter for Zigbee2Mqtt {
             return Ok(vec![]);
         }
         let key = self.target.zone_key(caps, &device)?;
-        let skey = format!("{}\u{1f}{}", caps.state_key(), device);
+        let skey = caps.device_key(&device);
         if !self.clocks.contains_key(&skey) && self.clocks.len() >= MAX_DEVICES {
             return Err(DecodeError::OutOfRange("devices".into()));
         }
