@@ -172,8 +172,8 @@ async fn unlink(State(st): State<AppState>, Path(token): Path<String>) -> Respon
             return Ok(false);
         }
         drop(reader);
+        // A writer connection zeroes what it frees (`store::open_writer`).
         let conn = store::open_writer(&dir).map_err(|e| e.to_string())?;
-        let _ = conn.pragma_update(None, "secure_delete", "ON");
         notify::unlink_guest(&conn, &token).map_err(|e| e.to_string())
     })
     .await;
