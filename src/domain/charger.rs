@@ -1196,8 +1196,9 @@ mod tests {
     fn finishing_right_after_suspended_ev_still_showing_power_is_complete() {
         let mut sim = Sim::new(ChargerKind::Dc);
         dc_start(&mut sim);
-        sim.charge_dc(250.0, 78.0); // within 5 points of the target: not short of it
-                                    // The meter sample of the suspended_ev message still reads 5 kW; finishing follows.
+        // Within 5 points of the target: not short of it.
+        sim.charge_dc(250.0, 78.0);
+        // The meter sample of the suspended_ev message still reads 5 kW; finishing follows.
         sim.send(10 * S, SuspendedEv, 5.0);
         sim.send(5 * S, Finishing, 0.0);
         assert_eq!(sim.count(ChargingStopped), 0);
