@@ -249,9 +249,8 @@ impl AckedPublish {
         use rumqttc::{Event, Outgoing, Packet, QoS};
         let slot = self.slot();
         let id = format!("{}-notify-{}", self.client_id, slot.n);
-        let mut opts =
+        let opts =
             crate::ingest::mqtt::connection_options(&self.cfg, &id).map_err(|e| e.to_string())?;
-        opts.set_max_packet_size(self.cfg.max_packet_bytes, self.cfg.max_packet_bytes);
         let (client, mut events) = rumqttc::AsyncClient::new(opts, 4);
         client
             .try_publish(topic, QoS::AtLeastOnce, false, payload)

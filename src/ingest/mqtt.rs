@@ -93,10 +93,6 @@ pub fn options(cfg: &MqttConfig, client_id: &str) -> anyhow::Result<MqttOptions>
     let mut o = connection_options(cfg, client_id)?;
     o.set_clean_session(false);
     o.set_manual_acks(true);
-    // The transport limit is kept high on purpose: a packet over it drops the connection
-    // and a persistent session redelivers it forever. The payload limit is enforced by
-    // the decoder (ack, count, skip).
-    o.set_max_packet_size(cfg.max_packet_bytes, cfg.max_packet_bytes);
     o.set_inflight(1000);
     o.set_last_will(LastWill::new(
         status_topic(&cfg.prefix),
@@ -107,11 +103,15 @@ pub fn options(cfg: &MqttConfig, client_id: &str) -> anyhow::Result<MqttOptions>
     Ok(o)
 }
 
-/// Broker address, keep-alive, credentials and TLS: what every connection of the daemon
-/// shares (clean session, no last will).
+/// Broker address, keep-alive, packet size, credentials and TLS: what every connection of
+/// the daemon shares (clean session, no last will).
 pub fn connection_options(cfg: &MqttConfig, client_id: &str) -> anyhow::Result<MqttOptions> {
     let mut o = MqttOptions::new(client_id, cfg.host.clone(), cfg.port);
     o.set_keep_alive(cfg.keep_alive);
+    // The transport limit is kept high on purpose: a packet over it drops the connection
+    // and a persistent session redelivers it forever. The payload limit is enforced by
+    // the decoder (ack, count, skip).
+    o.set_max_packet_size(cfg.max_packet_bytes, cfg.max_packet_bytes);
     if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
         o.set_credentials(u.clone(), p.expose().to_string());
     }
